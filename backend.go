@@ -1,0 +1,61 @@
+package idem
+
+import (
+	"context"
+	"time"
+)
+
+// Backend is the storage under a Store: a map from keys to opaque bytes
+// with one atomic primitive, compare-and-swap. The state machine, the
+// encoding and the clock live in the Store, so a backend knows nothing of
+// records; New runs the same state machine over any Backend.
+//
+// Implementations must be safe for simultaneous use by multiple goroutines.
+// Errors are for system failures only (storage unreachable, I/O errors,
+// context ended): an absent key is not an error, and a failed comparison is
+// reported by swapped == false, not by an error.
+type Backend interface {
+	// Load returns the value stored under key, or nil when there is none
+	// (absent or dropped at its expiry). The caller owns the returned slice.
+	Load(ctx context.Context, key string) ([]byte, error)
+
+	// CompareAndSwap atomically replaces the value under key with new when
+	// the stored value equals old, byte for byte; old == nil means "absent".
+	// new == nil deletes the key. The backend may drop the new value at
+	// expireAt (by the real clock) and not before. It reports swapped ==
+	// true when it replaced the value; otherwise nothing changed and current
+	// is the value stored now (nil when absent), which the caller owns.
+	//
+	// durable asks that a swap be on stable storage before CompareAndSwap
+	// returns; a backend does that as its durability setting allows, and
+	// documents what it does.
+	CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) (current []byte, swapped bool, err error)
+
+	// Delete removes key. Deleting an absent key is a no-op and returns nil.
+	Delete(ctx context.Context, key string) error
+
+	// Scan calls fn with each stored key that begins with prefix and its
+	// value, until fn returns an error, which Scan then returns. value is
+	// valid only during the call. Scan never holds all keys in memory;
+	// writes made during a scan may or may not be seen.
+	Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error
+
+	// Close releases the backend's resources. The Store calls it once, from
+	// Store.Close, after every operation has returned.
+	Close() error
+}
+
+// GarbageCollector is implemented by backends that need periodic work to
+// give disk space back (Badger's value-log GC and compaction). The store's
+// background loop calls it every Options.GCInterval.
+type GarbageCollector interface {
+	// CollectGarbage does one round of clean-up and reports the bytes of
+	// disk use before and after it.
+	CollectGarbage(ctx context.Context) (before, after int64, err error)
+}
+
+// DiskUser is implemented by backends that can report their disk use in
+// bytes.
+type DiskUser interface {
+	DiskUsage() int64
+}

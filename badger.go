@@ -1,0 +1,337 @@
+package idem
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/dgraph-io/badger/v4/options"
+)
+
+// Open opens (creating if needed) the Badger store in dir and returns a
+// Store over it. Passing nil options uses the defaults. With
+// Options.InMemory, dir must be "". Only one process may open a directory
+// read-write; a second gets an error wrapping ErrLocked.
+func Open(dir string, opts *Options) (*Store, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	b, err := OpenBadger(dir, &o)
+	if err != nil {
+		return nil, err
+	}
+	return newStore(b, o), nil
+}
+
+// BadgerBackend is the embedded Backend, on Badger. Keys are stored under a
+// one-byte namespace, so the database may later hold other kinds of entry
+// beside records.
+type BadgerBackend struct {
+	db   *badger.DB
+	mode Sync
+	gs   groupSync
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+	dir  string
+}
+
+// recordPrefix is the namespace of record keys in Badger.
+const recordPrefix = "r"
+
+// OpenBadger opens the Badger backend in dir with the Badger-related fields
+// of opts (InMemory, ReadOnly, Sync, SyncInterval, Logger). Most callers
+// want Open.
+func OpenBadger(dir string, opts *Options) (*BadgerBackend, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if o.InMemory && dir != "" {
+		return nil, fmt.Errorf("idem: open: Options.InMemory needs an empty dir, got %q", dir)
+	}
+	if !o.InMemory && dir == "" {
+		return nil, errors.New("idem: open: no data directory given (use Options.InMemory for a store in memory)")
+	}
+	bo := badgerOptions(dir, &o)
+	db, err := badger.Open(bo)
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+			return nil, fmt.Errorf("idem: open %s: %w (%v)", dir, ErrLocked, err)
+		}
+		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+	}
+	b := &BadgerBackend{db: db, mode: o.Sync, stop: make(chan struct{}), dir: dir}
+	b.gs.sync = db.Sync
+	if o.InMemory || o.ReadOnly {
+		b.mode = SyncNever
+	}
+	if b.mode == SyncPeriodic {
+		b.wg.Add(1)
+		go b.syncLoop(o.SyncInterval, o.Logger)
+	}
+	return b, nil
+}
+
+// badgerOptions sizes Badger for small records read by key: no compression
+// (records are small and mostly digests), a modest block cache, and small
+// tables, so that memory stays bounded at millions of records and
+// compaction can drop expired tables piece by piece.
+func badgerOptions(dir string, o *Options) badger.Options {
+	bo := badger.DefaultOptions(dir).
+		WithInMemory(o.InMemory).
+		WithReadOnly(o.ReadOnly).
+		WithSyncWrites(false).
+		WithNumVersionsToKeep(1).
+		WithCompression(options.None).
+		WithMemTableSize(32 << 20).
+		WithNumMemtables(3).
+		WithBlockCacheSize(64 << 20).
+		WithValueLogFileSize(64 << 20).
+		WithMetricsEnabled(false).
+		WithLogger(badgerLogger{o.Logger})
+	if o.InMemory {
+		bo.Dir, bo.ValueDir = "", ""
+	}
+	return bo
+}
+
+func (b *BadgerBackend) syncLoop(every time.Duration, log *slog.Logger) {
+	defer b.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			if err := b.db.Sync(); err != nil && log != nil {
+				log.Error("idem: periodic sync failed", "err", err)
+			}
+		}
+	}
+}
+
+// DB returns the Badger database, for tools that need Badger itself.
+func (b *BadgerBackend) DB() *badger.DB { return b.db }
+
+func dbKey(key string) []byte {
+	k := make([]byte, 0, len(recordPrefix)+len(key))
+	return append(append(k, recordPrefix...), key...)
+}
+
+// Load implements Backend.
+func (b *BadgerBackend) Load(ctx context.Context, key string) ([]byte, error) {
+	var v []byte
+	err := b.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(dbKey(key))
+		if err != nil {
+			return err
+		}
+		v, err = item.ValueCopy(nil)
+		return err
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, nil
+	}
+	return v, err
+}
+
+// CompareAndSwap implements Backend with one Badger update transaction:
+// Get, compare, Set. A commit that conflicts with another transaction on
+// the key is retried from the other's result. Under SyncAlways a durable
+// swap waits for a shared fsync (group commit) before it returns.
+func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
+	k := dbKey(key)
+	for {
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		var current []byte
+		swapped := false
+		err := b.db.Update(func(txn *badger.Txn) error {
+			item, err := txn.Get(k)
+			switch {
+			case errors.Is(err, badger.ErrKeyNotFound):
+			case err != nil:
+				return err
+			default:
+				if current, err = item.ValueCopy(nil); err != nil {
+					return err
+				}
+			}
+			if (current == nil) != (old == nil) || !bytes.Equal(current, old) {
+				return nil
+			}
+			swapped = true
+			if new == nil {
+				return txn.Delete(k)
+			}
+			e := badger.NewEntry(k, new)
+			e.ExpiresAt = uint64(expireAt.Unix())
+			return txn.SetEntry(e)
+		})
+		if errors.Is(err, badger.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		if !swapped {
+			return current, false, nil
+		}
+		if durable && b.mode == SyncAlways {
+			if err := b.gs.wait(); err != nil {
+				return nil, false, fmt.Errorf("fsync: %w", err)
+			}
+		}
+		return nil, true, nil
+	}
+}
+
+// Delete implements Backend.
+func (b *BadgerBackend) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return b.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey(key)) })
+}
+
+// Scan implements Backend. It iterates in key order over one read
+// snapshot, fetching values as it goes.
+func (b *BadgerBackend) Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error {
+	p := dbKey(prefix)
+	return b.db.View(func(txn *badger.Txn) error {
+		io := badger.DefaultIteratorOptions
+		io.Prefix = p
+		io.PrefetchSize = 64
+		it := txn.NewIterator(io)
+		defer it.Close()
+		for it.Seek(p); it.ValidForPrefix(p); it.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			item := it.Item()
+			k := string(item.Key()[len(recordPrefix):])
+			err := item.Value(func(v []byte) error { return fn(k, v) })
+			if err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Close implements Backend: it stops the periodic sync, syncs once more,
+// and closes Badger.
+func (b *BadgerBackend) Close() error {
+	close(b.stop)
+	b.wg.Wait()
+	return b.db.Close()
+}
+
+// DiskUsage implements DiskUser: the bytes the data directory's files
+// occupy on disk (allocated blocks, so preallocated sparse files count for
+// what they really use).
+func (b *BadgerBackend) DiskUsage() int64 {
+	if b.dir == "" {
+		return 0
+	}
+	return DirUsage(b.dir)
+}
+
+// DirUsage returns the bytes of disk the files under dir occupy.
+func DirUsage(dir string) int64 {
+	var n int64
+	_ = filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return nil
+		}
+		if info, err := d.Info(); err == nil {
+			n += allocated(info)
+		}
+		return nil
+	})
+	return n
+}
+
+// groupSync lets concurrent writers share fsyncs. A writer whose commit
+// must be on disk joins the next sync round: the round that starts after its
+// commit. While one round runs, every writer that arrives joins the round
+// after it, and that one sync covers them all.
+type groupSync struct {
+	sync func() error
+
+	mu      sync.Mutex // protects running and next
+	running bool       // a round is syncing now
+	next    *syncRound // the round that starts when the running one ends
+}
+
+type syncRound struct {
+	done chan struct{} // closed when the round's sync returned
+	err  error         // its result; read after done is closed
+}
+
+func (g *groupSync) wait() error {
+	g.mu.Lock()
+	if g.next == nil {
+		g.next = &syncRound{done: make(chan struct{})}
+	}
+	r := g.next
+	if !g.running {
+		g.running = true
+		g.next = nil
+		g.mu.Unlock()
+		g.run(r)
+	} else {
+		g.mu.Unlock()
+	}
+	<-r.done
+	return r.err
+}
+
+// run syncs round r, then hands the round that gathered meanwhile, if any,
+// to a new goroutine, so that the writer leading r returns at once.
+func (g *groupSync) run(r *syncRound) {
+	r.err = g.sync()
+	close(r.done)
+	g.mu.Lock()
+	next := g.next
+	g.next = nil
+	if next == nil {
+		g.running = false
+	}
+	g.mu.Unlock()
+	if next != nil {
+		go g.run(next)
+	}
+}
+
+// badgerLogger routes Badger's warnings and errors to a slog.Logger and
+// drops its info and debug lines.
+type badgerLogger struct{ l *slog.Logger }
+
+func (b badgerLogger) Errorf(f string, a ...any) {
+	if b.l != nil {
+		b.l.Error("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+	}
+}
+
+func (b badgerLogger) Warningf(f string, a ...any) {
+	if b.l != nil {
+		b.l.Warn("badger: " + strings.TrimSpace(fmt.Sprintf(f, a...)))
+	}
+}
+
+func (badgerLogger) Infof(string, ...any)  {}
+func (badgerLogger) Debugf(string, ...any) {}
+

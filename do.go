@@ -1,0 +1,147 @@
+package idem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// PermanentError is a failure that fn passed to Do marks as permanent: Do
+// stores Response as a failed record that is not retryable, and replays it
+// to every retry with ErrFailed. Make one with Permanent.
+type PermanentError struct {
+	Err      error
+	Response []byte
+}
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent marks err as a permanent failure of the request whose outcome
+// is response (a declined card: retrying will not help). Returned from the
+// fn given to Do, it makes Do store the failure and replay it to retries.
+func Permanent(err error, response []byte) error {
+	if err == nil {
+		err = errors.New("permanent failure")
+	}
+	return &PermanentError{Err: err, Response: response}
+}
+
+// endTimeout bounds the write that ends a lease after fn returns. It is not
+// tied to the caller's context: once fn has charged the card, its outcome
+// must be stored even if the caller has gone away.
+const endTimeout = 30 * time.Second
+
+// Do runs fn at most once per key while the key's record lives, and returns
+// the stored response to every retry (replayed == true).
+//
+// While fn runs, its lease is renewed in the background; if the lease is
+// lost anyway (the store was unreachable for longer than the lease), fn's
+// context is canceled with ErrLeaseLost as its cause. When fn returns a
+// response and a nil error, Do completes the key with it. When fn returns a
+// PermanentError, Do stores a failure that is replayed (with ErrFailed) to
+// retries. Any other error stores a retryable failure: the next Do with the
+// key runs fn again. A response larger than Options.MaxResponseSize cannot
+// be stored: Do returns ErrTooLarge and ends the key as a permanent failure,
+// since running fn again could repeat its side effect. If fn panics, the key is released and the panic goes on.
+//
+// Do returns ErrInProgress while another caller runs the key, and
+// ErrFingerprintMismatch when the key was used with another fingerprint.
+func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
+	fn func(ctx context.Context) ([]byte, error)) (response []byte, replayed bool, err error) {
+	lease, rec, err := s.Begin(ctx, key, fingerprint)
+	if err != nil {
+		return nil, false, err
+	}
+	if lease == nil {
+		if rec.State == StateFailed {
+			return rec.Response, true, wrap("do", key, ErrFailed)
+		}
+		return rec.Response, true, nil
+	}
+
+	runCtx, cancel := context.WithCancelCause(ctx)
+	renewDone := make(chan struct{})
+	stopRenew := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		s.renew(runCtx, lease, stopRenew, cancel)
+	}()
+	stop := func() {
+		close(stopRenew)
+		<-renewDone
+		cancel(nil)
+	}
+
+	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	defer endCancel()
+
+	var fnErr error
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				stop()
+				_ = lease.Release(endCtx)
+				panic(p)
+			}
+		}()
+		response, fnErr = fn(runCtx)
+	}()
+	stop()
+
+	if fnErr == nil {
+		err := lease.Complete(endCtx, response)
+		if errors.Is(err, ErrTooLarge) {
+			// fn ran and its side effect happened, but its outcome cannot be
+			// stored. Running it again could repeat the side effect, so the
+			// key ends as a permanent failure with no response.
+			if ferr := lease.Fail(endCtx, nil, false); ferr != nil {
+				return nil, false, errors.Join(err, ferr)
+			}
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		return response, false, nil
+	}
+	var perm *PermanentError
+	if errors.As(fnErr, &perm) {
+		if err := lease.Fail(endCtx, perm.Response, false); err != nil {
+			return nil, false, errors.Join(fnErr, err)
+		}
+		return perm.Response, false, fnErr
+	}
+	if err := lease.Fail(endCtx, nil, true); err != nil {
+		return nil, false, errors.Join(fnErr, err)
+	}
+	return nil, false, fnErr
+}
+
+// renew extends the lease every third of its life until stop is closed. If
+// the lease is lost it cancels the run with ErrLeaseLost.
+func (s *Store) renew(ctx context.Context, l *Lease, stop <-chan struct{}, cancel context.CancelCauseFunc) {
+	every := l.pol.lease / 3
+	if every <= 0 {
+		every = time.Millisecond
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			err := l.Extend(ctx, l.pol.lease)
+			if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed) {
+				cancel(fmt.Errorf("idem: do %q: %w", l.key, ErrLeaseLost))
+				return
+			}
+			if err != nil {
+				s.log.Warn("idem: lease renewal failed", "key", l.key, "err", err)
+			}
+		}
+	}
+}

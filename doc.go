@@ -1,0 +1,80 @@
+// Package idem is an idempotency record store: it lets a service run a
+// request with side effects (charge a card, create an order) at most once
+// per idempotency key, and hand every retry the stored response.
+//
+// # Basics
+//
+// Open a store on a data directory (Badger, embedded) and wrap the side
+// effect in Do:
+//
+//	s, err := idem.Open("/var/lib/myservice/idem", nil)
+//	...
+//	resp, replayed, err := s.Do(ctx, key, fingerprint, func(ctx context.Context) ([]byte, error) {
+//		return chargeCard(ctx, amount)
+//	})
+//
+// The first call with a key runs the function and stores its response;
+// every later call with the same key and fingerprint gets that response
+// back with replayed == true. A call with the same key and another
+// fingerprint gets ErrFingerprintMismatch: the key was reused for a
+// different request. While the first call runs, others get ErrInProgress.
+//
+// Begin and the Lease methods are the steps Do is made of, for callers that
+// run the request themselves, such as HTTP middleware (package idemhttp).
+//
+// # States
+//
+// A record is in progress (a lease holder runs the request), completed (its
+// response is replayed), or failed (replayed too, unless marked retryable).
+// Begin applies this table:
+//
+//	stored record              same fingerprint          other fingerprint
+//	none, or expired           new lease                 new lease
+//	in progress, lease live    ErrInProgress             ErrFingerprintMismatch
+//	in progress, lease lapsed  takeover: new lease       ErrFingerprintMismatch
+//	completed                  replay                    ErrFingerprintMismatch
+//	failed, not retryable      replay                    ErrFingerprintMismatch
+//	failed, retryable          new lease                 ErrFingerprintMismatch
+//
+// Every transition is one atomic compare-and-swap of one key: of any number
+// of concurrent Begins on a new key, exactly one gets the lease, and the
+// others are answered from its record.
+//
+// # Leases and fencing
+//
+// A lease lasts Options.LeaseTTL and is renewed by Do while its function
+// runs. If the holder crashes, its lease lapses and the next Begin takes the
+// key over with a larger fencing token. Complete, Fail, Release and Extend
+// apply only while the stored record still carries the lease's token: a
+// stale holder that wakes up late gets ErrLeaseLost and cannot overwrite
+// the newer outcome.
+//
+// # Time
+//
+// Every expiry decision is made by Options.Now, so tests move a clock
+// instead of sleeping. Completed records live Options.CompletedTTL (24h),
+// failed ones Options.FailedTTL (24h); WithTTL sets another lifetime per
+// call (7 days for payments). An in-progress record keeps its fingerprint
+// for at least the completed lifetime, so a key reused after a crash is
+// still caught. Underneath, Badger drops each entry by the real clock,
+// rounded up to whole seconds, never before its logical expiry.
+//
+// # Durability
+//
+// By default (SyncAlways) Complete and Fail return only after the record is
+// fsynced, and concurrent completions share one fsync. Begin does not wait
+// for a sync: if the process dies, its lease lapses and a retry takes over.
+// SyncPeriodic and SyncNever trade a bounded loss window for speed; see Sync.
+//
+// # Caveats
+//
+// One process may open a Badger directory read-write at a time; several
+// service instances share a store through Redis (package redisstore).
+//
+// Badger's Sync makes the active memtable's write-ahead log durable. A
+// write that lands in a memtable which Badger rotates out before the group
+// fsync runs becomes durable when that memtable is flushed to a table a
+// moment later, not when Complete returns; memtables are 32 MiB, so this
+// concerns the few writes at a rotation, and only on power loss or a
+// kernel crash, never on a crash of the process.
+package idem

@@ -1,0 +1,67 @@
+package idem
+
+import "errors"
+
+// Errors returned by Begin, Get and Do when asking about a key.
+var (
+	// ErrInProgress is returned by Begin and Do when another caller holds a
+	// live lease on the key. The record returned with it says when the lease
+	// lapses (Record.LeaseUntil), which is what an HTTP Retry-After needs.
+	ErrInProgress = errors.New("request in progress")
+
+	// ErrFingerprintMismatch is returned by Begin and Do when the key is
+	// stored with a different request fingerprint: the key was reused for
+	// another request. The stored record is returned with it.
+	ErrFingerprintMismatch = errors.New("key reused with a different request")
+
+	// ErrNotFound is returned by Get when no record is stored under the key,
+	// or when the stored record has expired.
+	ErrNotFound = errors.New("record not found")
+)
+
+// Errors returned when ending or extending a lease.
+var (
+	// ErrLeaseLost is returned by Complete, Fail, Release and Extend when the
+	// stored record no longer carries the lease's fencing token: the lease
+	// lapsed and another caller took the key over, or the record was ended,
+	// deleted or expired. Nothing is written.
+	ErrLeaseLost = errors.New("lease lost")
+)
+
+// Errors returned for bad input.
+var (
+	// ErrInvalidKey is returned when a key is empty, longer than
+	// Options.MaxKeySize, not valid UTF-8, or holds control characters.
+	ErrInvalidKey = errors.New("invalid key")
+
+	// ErrTooLarge is returned by Complete, Fail and Do when a response is
+	// larger than Options.MaxResponseSize, and by Begin when a fingerprint is
+	// larger than MaxFingerprintSize. Nothing is written.
+	ErrTooLarge = errors.New("too large")
+)
+
+// Errors about the store itself.
+var (
+	// ErrClosed is returned by every operation on a store after Close.
+	ErrClosed = errors.New("store closed")
+
+	// ErrCorrupt is returned when a stored record cannot be decoded. The
+	// error names the key; other keys are served as usual.
+	ErrCorrupt = errors.New("corrupt record")
+
+	// ErrLocked is returned by Open when another process holds the data
+	// directory. Badger allows one process per directory.
+	ErrLocked = errors.New("data directory is in use by another process")
+
+	// ErrReadOnly is returned by writes to a store opened with
+	// Options.ReadOnly.
+	ErrReadOnly = errors.New("store is read-only")
+)
+
+// Errors returned by Do.
+var (
+	// ErrFailed is returned by Do when the key's stored outcome is a
+	// permanent failure (see Permanent): the failure's response is returned
+	// with it and fn is not run again.
+	ErrFailed = errors.New("request failed permanently")
+)

@@ -1,0 +1,191 @@
+package idem
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// Lease is the right to run the request under one key, handed out by Begin.
+// The holder ends it with exactly one of Complete, Fail or Release, and may
+// Extend it while the request runs. Every one of them is fenced: it applies
+// only while the stored record is in progress and still carries this
+// lease's token, and otherwise returns ErrLeaseLost and writes nothing.
+//
+// A Lease is safe for simultaneous use by multiple goroutines.
+type Lease struct {
+	s       *Store
+	key     string
+	token   uint64
+	created time.Time // CreatedAt of the leased record: a re-created key is another record
+	pol     policy
+
+	mu    sync.Mutex // protects until
+	until time.Time
+}
+
+// Key returns the leased key.
+func (l *Lease) Key() string { return l.key }
+
+// Token returns the lease's fencing token.
+func (l *Lease) Token() uint64 { return l.token }
+
+// Until returns when the lease lapses unless extended, by the store's clock.
+func (l *Lease) Until() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.until
+}
+
+// Complete stores response as the key's outcome, replayed to every retry
+// for the record's lifetime. Under SyncAlways it returns after the record
+// is on stable storage.
+func (l *Lease) Complete(ctx context.Context, response []byte) error {
+	if err := l.s.checkResponse(response); err != nil {
+		return wrap("complete", l.key, err)
+	}
+	err := l.s.fenced(ctx, "complete", l, true, func(r *Record, now time.Time) bool {
+		r.State = StateCompleted
+		r.Response = response
+		r.Retryable = false
+		r.UpdatedAt = now
+		l.policy(ctx).finishRecord(r, now)
+		return false
+	})
+	if err == nil {
+		l.s.stats.completed.Add(1)
+	}
+	return err
+}
+
+// Fail stores a failed outcome with response. When retryable is false the
+// failure is replayed to retries like a completion; when true, the next
+// Begin with the same fingerprint gets a new lease and runs the request
+// again. Under SyncAlways it returns after the record is on stable storage.
+func (l *Lease) Fail(ctx context.Context, response []byte, retryable bool) error {
+	if err := l.s.checkResponse(response); err != nil {
+		return wrap("fail", l.key, err)
+	}
+	err := l.s.fenced(ctx, "fail", l, true, func(r *Record, now time.Time) bool {
+		r.State = StateFailed
+		r.Response = response
+		r.Retryable = retryable
+		r.UpdatedAt = now
+		l.policy(ctx).finishRecord(r, now)
+		return false
+	})
+	if err == nil {
+		l.s.stats.failed.Add(1)
+	}
+	return err
+}
+
+// Release ends the lease with no outcome: the record is removed and the key
+// is free at once, for any request.
+func (l *Lease) Release(ctx context.Context) error {
+	err := l.s.fenced(ctx, "release", l, false, func(*Record, time.Time) bool { return true })
+	if err == nil {
+		l.s.stats.released.Add(1)
+	}
+	return err
+}
+
+// Extend makes the lease last until d from now, by the store's clock. d
+// must be positive.
+func (l *Lease) Extend(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return wrap("extend", l.key, fmt.Errorf("duration %v is not positive", d))
+	}
+	var until time.Time
+	err := l.s.fenced(ctx, "extend", l, false, func(r *Record, now time.Time) bool {
+		r.LeaseUntil = now.Add(d)
+		r.ExpiresAt = latest(r.ExpiresAt, r.LeaseUntil)
+		r.UpdatedAt = now
+		until = r.LeaseUntil
+		return false
+	})
+	if err == nil {
+		l.mu.Lock()
+		l.until = until
+		l.mu.Unlock()
+	}
+	return err
+}
+
+// policy returns the lifetimes for ending the lease: those it was begun
+// with, unless ctx carries WithTTL.
+func (l *Lease) policy(ctx context.Context) policy {
+	p := l.pol
+	if t, ok := ctx.Value(ttlKey{}).(callTTL); ok && t.record > 0 {
+		p.completed, p.failed = t.record, t.record
+	}
+	return p
+}
+
+func (s *Store) checkResponse(response []byte) error {
+	if len(response) > s.opts.MaxResponseSize {
+		return fmt.Errorf("%w: response is %d bytes, more than the maximum %d", ErrTooLarge, len(response), s.opts.MaxResponseSize)
+	}
+	return nil
+}
+
+// fenced runs one fenced transition of l's record: apply changes the
+// record (or returns true to delete it), and the change is written only if
+// the stored record is still l's.
+func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, apply func(r *Record, now time.Time) (del bool)) error {
+	if err := ctx.Err(); err != nil {
+		return wrap(op, l.key, err)
+	}
+	if s.opts.ReadOnly {
+		return wrap(op, l.key, ErrReadOnly)
+	}
+	if err := s.enter(); err != nil {
+		return wrap(op, l.key, err)
+	}
+	defer s.mu.RUnlock()
+	cur, err := s.b.Load(ctx, l.key)
+	if err != nil {
+		return wrap(op, l.key, err)
+	}
+	for {
+		now := s.now()
+		if cur == nil {
+			return s.lost(op, l, nil, now)
+		}
+		rec, err := DecodeRecord(l.key, cur)
+		if err != nil {
+			return wrap(op, l.key, err)
+		}
+		if rec.State != StateInProgress || rec.Token != l.token || !rec.CreatedAt.Equal(l.created) || rec.Expired(now) {
+			return s.lost(op, l, rec, now)
+		}
+		var next []byte
+		expire := time.Time{}
+		if !apply(rec, now) {
+			next = EncodeRecord(rec)
+			expire = physicalExpiry(rec.ExpiresAt, now, time.Now())
+		}
+		current, swapped, err := s.b.CompareAndSwap(ctx, l.key, cur, next, expire, durable)
+		if err != nil {
+			return wrap(op, l.key, err)
+		}
+		if swapped {
+			return nil
+		}
+		s.stats.conflicts.Add(1)
+		cur = current
+	}
+}
+
+func (s *Store) lost(op string, l *Lease, rec *Record, now time.Time) error {
+	s.stats.leaseLost.Add(1)
+	attrs := []any{"key", l.key, "op", op, "token", l.token}
+	if rec != nil {
+		attrs = append(attrs, "stored_state", rec.State.String(), "stored_token", rec.Token)
+	} else {
+		attrs = append(attrs, "stored_state", "absent")
+	}
+	s.log.Warn("idem: lease lost", attrs...)
+	return wrap(op, l.key, ErrLeaseLost)
+}

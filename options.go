@@ -1,0 +1,166 @@
+package idem
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Sync says when completed and failed records reach stable storage.
+type Sync int
+
+const (
+	// SyncAlways makes Complete and Fail return only after the record is
+	// fsynced. Concurrent completions share one fsync (group commit), so
+	// the cost per completion falls as concurrency rises. Loss window: none
+	// for records whose Complete returned.
+	SyncAlways Sync = iota
+
+	// SyncPeriodic fsyncs every Options.SyncInterval in the background.
+	// Complete returns before its record is on disk. Loss window: records
+	// completed in the last SyncInterval before a power failure or kernel
+	// crash. A crash of the process alone loses nothing written.
+	SyncPeriodic
+
+	// SyncNever leaves writing back to the operating system. Loss window on
+	// power failure or kernel crash: whatever the kernel had not yet written
+	// back (on Linux typically up to 30 seconds). A crash of the process
+	// alone loses nothing written.
+	SyncNever
+)
+
+// String returns "always", "periodic" or "never".
+func (s Sync) String() string {
+	switch s {
+	case SyncAlways:
+		return "always"
+	case SyncPeriodic:
+		return "periodic"
+	case SyncNever:
+		return "never"
+	default:
+		return fmt.Sprintf("unknown sync mode: %d", int(s))
+	}
+}
+
+// Limits on sizes.
+const (
+	// DefaultMaxKeySize is the default for Options.MaxKeySize, in bytes.
+	DefaultMaxKeySize = 255
+	// MaxKeySizeLimit is the largest Options.MaxKeySize accepted: Badger's
+	// key limit less the room the store needs for its own prefix.
+	MaxKeySizeLimit = 60000
+	// DefaultMaxResponseSize is the default for Options.MaxResponseSize.
+	DefaultMaxResponseSize = 1 << 20
+	// MaxFingerprintSize is the largest fingerprint Begin accepts. A
+	// fingerprint is a digest; SHA-512 is 64 bytes.
+	MaxFingerprintSize = 1024
+)
+
+// Options configure a Store. A nil *Options, and every zero field, means
+// the default named in the field's comment.
+type Options struct {
+	// LeaseTTL is how long a lease lasts unless extended. Zero means 30s.
+	LeaseTTL time.Duration
+	// CompletedTTL is how long a completed record is kept and replayed.
+	// Zero means 24h. WithTTL overrides it per call.
+	CompletedTTL time.Duration
+	// FailedTTL is how long a failed record is kept. Zero means 24h.
+	// WithTTL overrides it per call.
+	FailedTTL time.Duration
+	// GCInterval is how often background expiry runs. Zero means 5m; a
+	// negative value turns the background loop off (CollectGarbage can
+	// still be called).
+	GCInterval time.Duration
+
+	// InMemory keeps the Badger store in memory only (Open with dir "").
+	// Nothing survives Close. Zero means on disk.
+	InMemory bool
+	// ReadOnly opens the Badger store read-only, sharing the directory with
+	// other read-only processes; writes return ErrReadOnly. Zero means
+	// read-write.
+	ReadOnly bool
+
+	// Now is the store's clock: every expiry and lease decision is made by
+	// it. Nil means time.Now. Tests pass a clock they move.
+	Now func() time.Time
+	// Logger receives the store's log lines (takeovers, lost leases,
+	// reused keys, expiry runs) and Badger's warnings and errors. Nil means
+	// silent.
+	Logger *slog.Logger
+
+	// MaxKeySize is the longest key accepted, in bytes. Zero means 255; at
+	// most MaxKeySizeLimit.
+	MaxKeySize int
+	// MaxResponseSize is the largest response Complete and Fail accept, in
+	// bytes. Zero means 1 MiB.
+	MaxResponseSize int
+
+	// Sync says when completed and failed records reach stable storage.
+	// Zero means SyncAlways.
+	Sync Sync
+	// SyncInterval is the fsync period under SyncPeriodic. Zero means 1s.
+	SyncInterval time.Duration
+
+	// CacheSize is the size in bytes of a read cache of completed and
+	// failed records in front of the backend. Finished records do not
+	// change until they expire, so Get and the replay path of Begin can be
+	// answered without a backend read. Zero means no cache. With several
+	// instances on one Redis, a Delete made by another instance is not seen
+	// by this cache until the cached record's own expiry or CacheTTL.
+	CacheSize int64
+	// CacheTTL bounds how long a record stays cached. Zero means 1m.
+	CacheTTL time.Duration
+}
+
+// withDefaults returns a copy of o with every zero field set to its default,
+// or an error naming the field that is out of range.
+func (o *Options) withDefaults() (Options, error) {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	for _, f := range []struct {
+		name string
+		d    *time.Duration
+		def  time.Duration
+	}{
+		{"LeaseTTL", &r.LeaseTTL, DefaultLeaseTTL},
+		{"CompletedTTL", &r.CompletedTTL, DefaultCompletedTTL},
+		{"FailedTTL", &r.FailedTTL, DefaultFailedTTL},
+		{"SyncInterval", &r.SyncInterval, time.Second},
+		{"CacheTTL", &r.CacheTTL, time.Minute},
+	} {
+		if *f.d < 0 {
+			return r, fmt.Errorf("idem: Options.%s is negative (%v)", f.name, *f.d)
+		}
+		if *f.d == 0 {
+			*f.d = f.def
+		}
+	}
+	if r.GCInterval == 0 {
+		r.GCInterval = DefaultGCInterval
+	}
+	if r.Now == nil {
+		r.Now = time.Now
+	}
+	if r.MaxKeySize == 0 {
+		r.MaxKeySize = DefaultMaxKeySize
+	}
+	if r.MaxKeySize < 0 || r.MaxKeySize > MaxKeySizeLimit {
+		return r, fmt.Errorf("idem: Options.MaxKeySize %d out of range (1 to %d)", r.MaxKeySize, MaxKeySizeLimit)
+	}
+	if r.MaxResponseSize == 0 {
+		r.MaxResponseSize = DefaultMaxResponseSize
+	}
+	if r.MaxResponseSize < 0 {
+		return r, fmt.Errorf("idem: Options.MaxResponseSize is negative (%d)", r.MaxResponseSize)
+	}
+	if r.Sync < SyncAlways || r.Sync > SyncNever {
+		return r, fmt.Errorf("idem: Options.Sync: %v", r.Sync)
+	}
+	if r.CacheSize < 0 {
+		return r, fmt.Errorf("idem: Options.CacheSize is negative (%d)", r.CacheSize)
+	}
+	return r, nil
+}

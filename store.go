@@ -1,0 +1,367 @@
+package idem
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+	"unicode/utf8"
+)
+
+// Store is an idempotency record store. It is safe for simultaneous use by
+// multiple goroutines. Most callers want Do; Begin and the Lease methods are
+// the steps Do is made of, for callers that need to run the request
+// themselves (HTTP middleware, job runners).
+type Store struct {
+	b     Backend
+	opts  Options
+	now   func() time.Time
+	log   *slog.Logger
+	stats counters
+	cache *recordCache // nil when Options.CacheSize is 0
+
+	// mu guards closed: operations hold it for reading while they run, so
+	// Close (holding it for writing) waits for them before closing the
+	// backend.
+	mu     sync.RWMutex
+	closed bool
+
+	stop chan struct{}  // closed by Close to stop background work
+	wg   sync.WaitGroup // background goroutines
+}
+
+// New returns a Store running the state machine over b, with the background
+// loop started. The Store owns b: Close closes it. Passing nil options uses
+// the defaults.
+func New(b Backend, opts *Options) (*Store, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return newStore(b, o), nil
+}
+
+func newStore(b Backend, o Options) *Store {
+	s := &Store{
+		b:    b,
+		opts: o,
+		now:  o.Now,
+		log:  o.Logger,
+		stop: make(chan struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if o.CacheSize > 0 {
+		s.cache = newRecordCache(o.CacheSize, o.CacheTTL)
+	}
+	if o.GCInterval > 0 && !o.ReadOnly {
+		s.wg.Add(1)
+		go s.gcLoop()
+	}
+	return s
+}
+
+// Backend returns the backend under s.
+func (s *Store) Backend() Backend { return s.b }
+
+// Options returns the options s runs with, defaults filled in.
+func (s *Store) Options() Options { return s.opts }
+
+// Close stops the background work, waits for running operations to return
+// and closes the backend. Calls after the first return nil.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	close(s.stop)
+	s.mu.Unlock()
+	s.wg.Wait()
+	if s.cache != nil {
+		s.cache.close()
+	}
+	if err := s.b.Close(); err != nil {
+		return fmt.Errorf("idem: close: %w", err)
+	}
+	return nil
+}
+
+// enter starts an operation: it fails with ErrClosed after Close, and
+// otherwise keeps Close waiting until the matching s.mu.RUnlock.
+func (s *Store) enter() error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
+}
+
+// check validates the key and the context before an operation.
+func (s *Store) check(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.validKey(key)
+}
+
+func (s *Store) validKey(key string) error {
+	switch {
+	case key == "":
+		return fmt.Errorf("%w: empty", ErrInvalidKey)
+	case len(key) > s.opts.MaxKeySize:
+		return fmt.Errorf("%w: %d bytes, longer than the maximum %d", ErrInvalidKey, len(key), s.opts.MaxKeySize)
+	case !utf8.ValidString(key):
+		return fmt.Errorf("%w: not valid UTF-8", ErrInvalidKey)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x20 || c == 0x7f {
+			return fmt.Errorf("%w: control character 0x%02x at byte %d", ErrInvalidKey, c, i)
+		}
+	}
+	return nil
+}
+
+func wrap(op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("idem: %s %q: %w", op, key, err)
+}
+
+// Begin either hands the caller a lease to run the request, or reports
+// what is stored:
+//
+//   - lease != nil: the caller must run the request and end the lease
+//     (Complete, Fail or Release). rec is the new in-progress record.
+//   - lease == nil, err == nil: rec is finished (completed, or failed and
+//     not retryable): replay rec.Response.
+//   - ErrInProgress: another lease is live; rec.LeaseUntil says when it
+//     lapses (Retry-After).
+//   - ErrFingerprintMismatch: the key was used before with another
+//     request; rec is that record.
+//
+// A lease that lapsed without an outcome (its holder crashed) is taken over:
+// the new lease carries a larger fencing token, and the old holder can no
+// longer end it. WithTTL and WithLeaseTTL on ctx set this call's lifetimes.
+func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte) (*Lease, *Record, error) {
+	if err := s.check(ctx, key); err != nil {
+		return nil, nil, wrap("begin", key, err)
+	}
+	if len(fingerprint) > MaxFingerprintSize {
+		return nil, nil, wrap("begin", key, fmt.Errorf("%w: fingerprint is %d bytes, more than %d", ErrTooLarge, len(fingerprint), MaxFingerprintSize))
+	}
+	if s.opts.ReadOnly {
+		return nil, nil, wrap("begin", key, ErrReadOnly)
+	}
+	if err := s.enter(); err != nil {
+		return nil, nil, wrap("begin", key, err)
+	}
+	defer s.mu.RUnlock()
+
+	if s.cache != nil {
+		if rec := s.cache.get(key, s.now()); rec != nil {
+			if !bytes.Equal(rec.Fingerprint, fingerprint) {
+				s.stats.mismatches.Add(1)
+				return nil, rec, wrap("begin", key, ErrFingerprintMismatch)
+			}
+			s.stats.replays.Add(1)
+			return nil, rec, nil
+		}
+	}
+
+	pol := s.opts.policyFor(ctx)
+	// The first attempt assumes the key is new: one transaction claims it,
+	// or returns what is stored.
+	var cur []byte
+	for {
+		now := s.now()
+		var old *Record
+		if cur != nil {
+			var err error
+			if old, err = DecodeRecord(key, cur); err != nil {
+				return nil, nil, wrap("begin", key, err)
+			}
+		}
+		next, takeover, err := s.decideBegin(key, old, fingerprint, pol, now)
+		if next == nil {
+			return nil, old, err
+		}
+		if takeover {
+			s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
+				"lapsed", now.Sub(old.LeaseUntil).String())
+		}
+		data := EncodeRecord(next)
+		current, swapped, err := s.b.CompareAndSwap(ctx, key, cur, data, physicalExpiry(next.ExpiresAt, now, time.Now()), false)
+		if err != nil {
+			return nil, nil, wrap("begin", key, err)
+		}
+		if swapped {
+			s.stats.leases.Add(1)
+			if takeover {
+				s.stats.takeovers.Add(1)
+			}
+			l := &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol}
+			return l, next, nil
+		}
+		if cur != nil {
+			// Not the optimistic first attempt: someone else changed the
+			// record between our read and our write.
+			s.stats.conflicts.Add(1)
+		}
+		cur = current
+	}
+}
+
+// decideBegin applies the state table to the stored record old (nil when
+// absent). It returns the record to write when the caller gets a lease, or
+// nil and the answer (nil error for a replay).
+func (s *Store) decideBegin(key string, old *Record, fp []byte, pol policy, now time.Time) (next *Record, takeover bool, err error) {
+	if old == nil || old.Expired(now) {
+		r := &Record{Key: key, State: StateInProgress, Fingerprint: bytes.Clone(fp), Attempts: 1, Token: firstToken(), CreatedAt: now, UpdatedAt: now}
+		if r.Fingerprint == nil {
+			r.Fingerprint = []byte{}
+		}
+		if old != nil {
+			// The expired record is gone for every purpose but one: tokens
+			// keep growing, so a holder of a lease on it stays fenced out.
+			r.Token = max(old.Token+1, r.Token)
+		}
+		pol.leaseRecord(r, now)
+		return r, false, nil
+	}
+	if !bytes.Equal(old.Fingerprint, fp) {
+		s.stats.mismatches.Add(1)
+		s.log.Info("idem: key reused with a different request", "key", key, "state", old.State.String())
+		return nil, false, wrap("begin", key, ErrFingerprintMismatch)
+	}
+	switch {
+	case old.State == StateInProgress && !old.LeaseLapsed(now):
+		s.stats.inProgress.Add(1)
+		return nil, false, wrap("begin", key, ErrInProgress)
+	case old.Finished():
+		s.stats.replays.Add(1)
+		if s.cache != nil {
+			s.cache.put(old, now)
+		}
+		return nil, false, nil
+	}
+	// A lapsed lease, or a retryable failure: a new lease on the same record.
+	r := *old
+	r.State = StateInProgress
+	r.Response = nil
+	r.Retryable = false
+	r.Attempts++
+	r.Token++
+	r.UpdatedAt = now
+	r.LeaseUntil = now.Add(pol.lease)
+	r.ExpiresAt = latest(latest(old.ExpiresAt, now.Add(pol.completed)), r.LeaseUntil)
+	return &r, old.State == StateInProgress, nil
+}
+
+// firstToken returns the fencing token of a new record's first lease: a
+// random number below 2^52 (so that it stays exact in JSON and Lua), which
+// later leases on the record increase by one. Random, not 1, because a
+// deleted or released key starts a new record, and a holder of a lease on
+// the old one must not find its token again; the lease also checks the
+// record's CreatedAt, so both would have to collide.
+func firstToken() uint64 {
+	return rand.Uint64N(1<<52-1<<32) + 1
+}
+
+// Get returns the record stored under key. It returns ErrNotFound when
+// there is none or it has expired.
+func (s *Store) Get(ctx context.Context, key string) (*Record, error) {
+	if err := s.check(ctx, key); err != nil {
+		return nil, wrap("get", key, err)
+	}
+	if err := s.enter(); err != nil {
+		return nil, wrap("get", key, err)
+	}
+	defer s.mu.RUnlock()
+	now := s.now()
+	if s.cache != nil {
+		if rec := s.cache.get(key, now); rec != nil {
+			s.stats.hits.Add(1)
+			return rec, nil
+		}
+	}
+	data, err := s.b.Load(ctx, key)
+	if err != nil {
+		return nil, wrap("get", key, err)
+	}
+	if data == nil {
+		s.stats.misses.Add(1)
+		return nil, wrap("get", key, ErrNotFound)
+	}
+	rec, err := DecodeRecord(key, data)
+	if err != nil {
+		return nil, wrap("get", key, err)
+	}
+	if rec.Expired(now) {
+		s.stats.misses.Add(1)
+		return nil, wrap("get", key, ErrNotFound)
+	}
+	s.stats.hits.Add(1)
+	if s.cache != nil && rec.Finished() {
+		s.cache.put(rec, now)
+	}
+	return rec, nil
+}
+
+// Delete removes the record under key, whatever its state: a holder of a
+// lease on it gets ErrLeaseLost when it ends the lease. Deleting an absent
+// key is not an error.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := s.check(ctx, key); err != nil {
+		return wrap("delete", key, err)
+	}
+	if s.opts.ReadOnly {
+		return wrap("delete", key, ErrReadOnly)
+	}
+	if err := s.enter(); err != nil {
+		return wrap("delete", key, err)
+	}
+	defer s.mu.RUnlock()
+	if s.cache != nil {
+		s.cache.del(key)
+	}
+	return wrap("delete", key, s.b.Delete(ctx, key))
+}
+
+// Scan calls fn with every stored record whose key begins with prefix, in
+// the backend's order, until fn returns an error, which Scan returns.
+// Expired records are skipped. A record that cannot be decoded is passed
+// as nil together with its key and an error wrapping ErrCorrupt, so tools
+// can report it; fn decides whether to go on. The store never holds more
+// than one record in memory for a scan.
+func (s *Store) Scan(ctx context.Context, prefix string, fn func(key string, rec *Record, err error) error) error {
+	if err := s.enter(); err != nil {
+		return fmt.Errorf("idem: scan: %w", err)
+	}
+	defer s.mu.RUnlock()
+	now := s.now()
+	err := s.b.Scan(ctx, prefix, func(key string, value []byte) error {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rec, err := DecodeRecord(key, bytes.Clone(value))
+		if err != nil {
+			return fn(key, nil, err)
+		}
+		if rec.Expired(now) {
+			return nil
+		}
+		return fn(key, rec, nil)
+	})
+	if err != nil {
+		return fmt.Errorf("idem: scan: %w", err)
+	}
+	return nil
+}
