@@ -1,13 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"context"
-	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"sync"
+	"time"
 
 	"github.com/idemdb/idem"
 )
@@ -15,7 +21,7 @@ import (
 func init() {
 	register(&command{
 		name:    "demo",
-		summary: "pay 5000 USD three times with one key over a flaky network: one charge",
+		summary: "pay 5000 USD three times over HTTP with one key and a flaky network: one charge",
 		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
 			data := fs.String("data", "", "data directory (default: a fresh temporary one, removed afterwards)")
 			return func(args []string, stdout, _ io.Writer) error {
@@ -31,6 +37,74 @@ func init() {
 // errDropped is the simulated network losing the reply to the client.
 var errDropped = errors.New("connection reset: reply lost")
 
+// dropFirstReply is a client transport whose first reply is lost: the
+// request reaches the server and runs, and the client sees an error.
+type dropFirstReply struct {
+	base    http.RoundTripper
+	mu      sync.Mutex // protects dropped
+	dropped bool
+}
+
+func (d *dropFirstReply) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := d.base.RoundTrip(r)
+	d.mu.Lock()
+	drop := !d.dropped && err == nil
+	d.dropped = d.dropped || drop
+	d.mu.Unlock()
+	if !drop {
+		return resp, err
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return nil, errDropped
+}
+
+// reply is what the demo's client saw.
+type reply struct {
+	status   int
+	replayed bool
+	body     []byte
+	header   http.Header
+}
+
+func (r reply) String() string {
+	var p struct {
+		ID     string `json:"id"`
+		Amount int64  `json:"amount"`
+		Detail string `json:"detail"`
+	}
+	json.Unmarshal(r.body, &p)
+	if p.ID != "" {
+		return fmt.Sprintf("%d %s, payment %s of %d USD", r.status, http.StatusText(r.status), p.ID, p.Amount)
+	}
+	return fmt.Sprintf("%d %s: %s", r.status, http.StatusText(r.status), p.Detail)
+}
+
+func (r reply) outcome() string {
+	if r.replayed {
+		return "completed (duplicate, returned cached)"
+	}
+	return "completed"
+}
+
+func pay(ctx context.Context, c *http.Client, url, key string, amount int) (reply, error) {
+	body := fmt.Appendf(nil, `{"amount": %d, "currency": "USD"}`, amount)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/payments", bytes.NewReader(body))
+	if err != nil {
+		return reply{}, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer demo-merchant")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := c.Do(req)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return reply{resp.StatusCode, resp.Header.Get("Idempotent-Replayed") == "true", b, resp.Header}, err
+}
+
 func demo(dir string, w io.Writer) error {
 	if dir == "" {
 		tmp, err := os.MkdirTemp("", "idem-demo-")
@@ -45,54 +119,90 @@ func demo(dir string, w io.Writer) error {
 		return err
 	}
 	defer s.Close()
-	ctx := context.Background()
 
-	charges := 0
-	pay := func(amount int) func(context.Context) ([]byte, error) {
-		return func(context.Context) ([]byte, error) {
-			charges++
-			return fmt.Appendf(nil, "charge ch_%d: %d USD", charges, amount), nil
-		}
+	// The payments API of `idem serve`, on a loopback port.
+	api := newPaymentsAPI()
+	api.delay = 200 * time.Millisecond
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
 	}
-	fingerprint := func(amount int) []byte {
-		sum := sha256.Sum256(fmt.Appendf(nil, "POST /payments amount=%d currency=USD", amount))
-		return sum[:]
-	}
+	srv := &http.Server{Handler: newServeHandler(s, api, slog.New(slog.DiscardHandler)), ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	url := "http://" + ln.Addr().String()
+	ctx := context.Background()
+	base := &http.Transport{}
+	defer base.CloseIdleConnections()
+	flaky := &http.Client{Transport: &dropFirstReply{base: base}}
+	client := &http.Client{Transport: base}
 
 	const key = "order-7f3a-payment"
-	fmt.Fprintf(w, "Paying 5000 USD with idempotency key %q (store: %s)\n", key, dir)
+	fmt.Fprintf(w, "Paying 5000 USD with idempotency key %q to %s (store: %s)\n", key, url, dir)
 	for attempt := 1; attempt <= 3; attempt++ {
-		resp, replayed, err := s.Do(ctx, key, fingerprint(5000), pay(5000))
+		r, err := pay(ctx, flaky, url, key, 5000)
+		if errors.Is(err, errDropped) {
+			fmt.Fprintf(w, "Attempt %d: no reply (%v); retrying with the same key\n", attempt, err)
+			continue
+		}
 		if err != nil {
 			return fmt.Errorf("attempt %d: %w", attempt, err)
 		}
-		// The network drops the first reply: the client sees an error and
-		// retries with the same key.
-		if attempt == 1 {
-			fmt.Fprintf(w, "Attempt %d: completed (%s), but the reply was lost: %v\n", attempt, resp, errDropped)
-			continue
+		if r.status != http.StatusCreated {
+			return fmt.Errorf("attempt %d: %v", attempt, r)
 		}
-		status := "completed"
-		if replayed {
-			status = "completed (duplicate, returned cached)"
-		}
-		fmt.Fprintf(w, "Attempt %d: %s: %s\n", attempt, status, resp)
+		fmt.Fprintf(w, "Attempt %d: %s: %v\n", attempt, r.outcome(), r)
 	}
+	charges := api.charges()
 	fmt.Fprintf(w, "Charges made: %d\n", charges)
 
 	fmt.Fprintf(w, "\nReusing key %q for 7000 USD:\n", key)
-	_, _, err = s.Do(ctx, key, fingerprint(7000), pay(7000))
-	switch {
-	case errors.Is(err, idem.ErrFingerprintMismatch):
-		fmt.Fprintf(w, "Refused: %v\n", err)
-	case err != nil:
+	r, err := pay(ctx, client, url, key, 7000)
+	if err != nil {
 		return err
-	default:
-		return errors.New("a reused key was accepted for another amount")
 	}
+	if r.status != http.StatusUnprocessableEntity {
+		return fmt.Errorf("a reused key was not refused: %v", r)
+	}
+	fmt.Fprintf(w, "Refused: %v\n", r)
+	charges = api.charges()
 	fmt.Fprintf(w, "Charges made: %d\n", charges)
 	if charges != 1 {
-		return fmt.Errorf("%d charges made, want 1", charges)
+		return fmt.Errorf("%d charges made for key %q, want 1", charges, key)
+	}
+
+	const key2 = "order-9c21-payment"
+	fmt.Fprintf(w, "\nTwo concurrent requests paying 5000 USD with key %q:\n", key2)
+	var wg sync.WaitGroup
+	var replies [2]reply
+	var errs [2]error
+	for i := range replies {
+		wg.Go(func() { replies[i], errs[i] = pay(ctx, client, url, key2, 5000) })
+	}
+	wg.Wait()
+	for i, r := range replies {
+		name := string(rune('A' + i))
+		switch {
+		case errs[i] != nil:
+			return fmt.Errorf("request %s: %w", name, errs[i])
+		case r.status == http.StatusConflict:
+			fmt.Fprintf(w, "Request %s: in progress elsewhere: 409 %s (Retry-After: %ss)\n", name, http.StatusText(r.status), r.header.Get("Retry-After"))
+			// The other request has finished now; the retry gets its answer.
+			again, err := pay(ctx, client, url, key2, 5000)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "Request %s, retried: %s: %v\n", name, again.outcome(), again)
+		case r.status == http.StatusCreated:
+			fmt.Fprintf(w, "Request %s: %s: %v\n", name, r.outcome(), r)
+		default:
+			return fmt.Errorf("request %s: %v", name, r)
+		}
+	}
+	charges2 := api.charges() - charges
+	fmt.Fprintf(w, "Charges made for %q: %d\n", key2, charges2)
+	if charges2 != 1 {
+		return fmt.Errorf("%d charges made for key %q, want 1", charges2, key2)
 	}
 	return nil
 }

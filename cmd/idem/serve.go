@@ -1,0 +1,224 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemhttp"
+)
+
+func init() {
+	register(&command{
+		name:    "serve",
+		summary: "run a small payments API behind the Idempotency-Key middleware",
+		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
+			data := fs.String("data", "idem-data", "data directory of the embedded store")
+			addr := fs.String("addr", "127.0.0.1:8080", "address to listen on")
+			return func(args []string, _, stderr io.Writer) error {
+				if len(args) > 0 {
+					return usageErr("unexpected arguments %q", args)
+				}
+				ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				return serve(ctx, *data, *addr, stderr)
+			}
+		},
+	})
+}
+
+// serve runs the payments API on addr until ctx ends.
+func serve(ctx context.Context, dir, addr string, stderr io.Writer) error {
+	log := slog.New(slog.NewTextHandler(stderr, nil))
+	s, err := idem.Open(dir, &idem.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           newServeHandler(s, newPaymentsAPI(), log),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
+	}
+	log.Info("idem serve: listening", "addr", ln.Addr().String(), "data", dir)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("idem serve: shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutCtx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// paymentsTTL is how long payment outcomes are replayed.
+const paymentsTTL = 7 * 24 * time.Hour
+
+// newServeHandler returns the HTTP handler of `idem serve`: the payments
+// API behind the idempotency middleware, with request logging. Listeners
+// and stores are the caller's, so other front ends (an admin listener,
+// another backend) can reuse it.
+func newServeHandler(s *idem.Store, api *paymentsAPI, log *slog.Logger) http.Handler {
+	mw := idemhttp.New(s, &idemhttp.Options{
+		// Creating a payment without a key cannot be retried safely.
+		Required:      func(*http.Request) bool { return true },
+		Scope:         principal,
+		CanonicalJSON: true,
+		TTL: func(r *http.Request) time.Duration {
+			if strings.HasPrefix(r.URL.Path, "/payments") {
+				return paymentsTTL
+			}
+			return 0 // the store's default, 24 hours
+		},
+		ExpiresHeader: "Idempotency-Expires",
+		Logger:        log,
+	})
+	mux := http.NewServeMux()
+	mux.Handle("POST /payments", mw(http.HandlerFunc(api.create)))
+	mux.HandleFunc("GET /payments/{id}", api.get)
+	return logRequests(log, mux)
+}
+
+// principal scopes idempotency keys by the caller's credentials: a digest
+// of the Authorization header, so tokens never reach the store. Anonymous
+// callers share the empty scope.
+func principal(r *http.Request) string {
+	auth := r.Header.Get("Authorization")
+	if auth == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(auth))
+	return "auth-" + hex.EncodeToString(sum[:8])
+}
+
+// payment is one charge made by the payments API.
+type payment struct {
+	ID       string    `json:"id"`
+	Amount   int64     `json:"amount"`
+	Currency string    `json:"currency"`
+	Status   string    `json:"status"`
+	Created  time.Time `json:"created"`
+}
+
+// paymentsAPI is an example payments API. Payments live in memory: it
+// shows the middleware, it is not a ledger.
+type paymentsAPI struct {
+	delay time.Duration // how long a charge takes
+
+	mu   sync.Mutex // protects byID
+	byID map[string]payment
+}
+
+func newPaymentsAPI() *paymentsAPI {
+	return &paymentsAPI{byID: map[string]payment{}}
+}
+
+// charges returns the number of payments made.
+func (a *paymentsAPI) charges() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.byID)
+}
+
+func (a *paymentsAPI) create(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Amount   int64  `json:"amount"`
+		Currency string `json:"currency"`
+	}
+	d := json.NewDecoder(r.Body)
+	d.DisallowUnknownFields()
+	if err := d.Decode(&req); err != nil {
+		apiProblem(w, http.StatusBadRequest, "invalid payment", "the body must be a JSON object {\"amount\": cents, \"currency\": \"USD\"}: "+err.Error())
+		return
+	}
+	if req.Amount <= 0 {
+		apiProblem(w, http.StatusBadRequest, "invalid payment", fmt.Sprintf("amount %d is not positive", req.Amount))
+		return
+	}
+	if len(req.Currency) != 3 || strings.ToUpper(req.Currency) != req.Currency {
+		apiProblem(w, http.StatusBadRequest, "invalid payment", fmt.Sprintf("currency %q is not a three-letter upper-case code", req.Currency))
+		return
+	}
+	select {
+	case <-time.After(a.delay): // the card network
+	case <-r.Context().Done():
+		apiProblem(w, http.StatusServiceUnavailable, "payment interrupted", "the request was canceled before the charge")
+		return
+	}
+	a.mu.Lock()
+	p := payment{ID: fmt.Sprintf("pay_%06d", len(a.byID)+1), Amount: req.Amount, Currency: req.Currency, Status: "succeeded", Created: time.Now().UTC()}
+	a.byID[p.ID] = p
+	a.mu.Unlock()
+	w.Header().Set("Location", "/payments/"+p.ID)
+	writeJSON(w, http.StatusCreated, p)
+}
+
+func (a *paymentsAPI) get(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	p, ok := a.byID[r.PathValue("id")]
+	a.mu.Unlock()
+	if !ok {
+		apiProblem(w, http.StatusNotFound, "no such payment", fmt.Sprintf("no payment has id %q", r.PathValue("id")))
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+func apiProblem(w http.ResponseWriter, status int, title, detail string) {
+	b, _ := json.Marshal(map[string]any{"type": "about:blank", "title": title, "status": status, "detail": detail})
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// logRequests logs one line per request.
+func logRequests(log *slog.Logger, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		log.Info("request", "method", r.Method, "path", r.URL.Path, "status", sw.status,
+			"replayed", w.Header().Get("Idempotent-Replayed") == "true", "duration", time.Since(start).String())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.status = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }

@@ -1,0 +1,78 @@
+// Package idemhttp makes HTTP handlers idempotent with the Idempotency-Key
+// header (draft-ietf-httpapi-idempotency-key-header), storing outcomes in
+// an *idem.Store, and gives clients a Transport that retries safely.
+//
+// # Server
+//
+// New returns middleware:
+//
+//	mw := idemhttp.New(store, &idemhttp.Options{
+//		Scope: func(r *http.Request) string { return principal(r) },
+//	})
+//	mux.Handle("POST /payments", mw(createPayment))
+//
+// A guarded request (POST or PATCH, with a key) is answered in one of
+// these ways:
+//
+//   - first time: the handler runs, its response is stored, then sent;
+//   - retry after completion: the stored response, byte for byte (status,
+//     headers, body), plus "Idempotent-Replayed: true";
+//   - retry while the first still runs: 409 with Retry-After, the seconds
+//     until the running request's lease lapses;
+//   - the key reused with another request (method, route or body differ):
+//     422;
+//   - a malformed key, or a missing one where Options.Required says it is
+//     needed: 400; a body over Options.MaxBodyBytes: 413;
+//   - the store cannot be asked (closed, disk or network failure): 503 and
+//     the handler is not run.
+//
+// Errors are application/problem+json (RFC 9457), of the Problem* types.
+//
+// # Scope
+//
+// Keys are chosen by clients, so two clients can send the same one. Set
+// Options.Scope to the authenticated principal, tenant or API key id: it is
+// part of the stored key, so a client never receives another client's
+// response by sending (or guessing) its key. The default scope is the
+// empty string, shared by everyone, which is right only for a service with
+// one client.
+//
+// # What is stored
+//
+// Set-Cookie, hop-by-hop headers and trailers are never stored; the first
+// response still carries them. Date is stamped by net/http on every
+// message, so replays carry their own. The stored form is a small
+// versioned encoding of status, headers and body (see response.go) in the
+// record's Response bytes.
+//
+// Options.Policy decides by status: by default 2xx and 3xx are completed,
+// 4xx are stored as failures (both replayed), and 429 and 5xx are
+// retryable failures, so the client's retry runs the handler again. A
+// handler that panics leaves a retryable failure too, and the panic goes on
+// to net/http.
+//
+// A response the handler streams (calls Flush), hijacks, or that is larger
+// than the store's MaxResponseSize cannot be replayed. By default the
+// client gets it as it is and the key ends as a permanent failure: retries
+// get 422 ProblemNotStored instead of running the handler twice, since the
+// side effect has most likely happened. Options.PassThroughUnstored
+// releases the key instead, for streaming handlers that are safe to
+// repeat.
+//
+// # Leases
+//
+// While the handler runs, its lease is renewed every third of its length
+// (Options.LeaseTTL, default the store's), so long handlers keep their
+// key. If the lease is lost anyway (the key was deleted, or the store was
+// unreachable longer than a lease), the handler's context is canceled with
+// a cause wrapping idem.ErrLeaseLost. Options.TTL sets how long records of
+// a route are kept (payments 7 days, say), through idem.WithTTL.
+//
+// # Client
+//
+// Transport gives POST and PATCH requests a key when they have none, and
+// retries network errors, 409 and 503 with that key, with backoff and
+// jitter, honouring Retry-After:
+//
+//	client := &http.Client{Transport: &idemhttp.Transport{}}
+package idemhttp

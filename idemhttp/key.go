@@ -1,0 +1,118 @@
+package idemhttp
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+)
+
+// MaxKeyLen is the longest idempotency key accepted, in bytes, as the
+// Idempotency-Key draft recommends.
+const MaxKeyLen = 255
+
+// ErrMalformedKey is returned by ParseKey for a header value that is not an
+// idempotency key. The error returned wraps it and says what was wrong.
+var ErrMalformedKey = errors.New("malformed idempotency key")
+
+// ParseKey returns the idempotency key in an Idempotency-Key header value.
+// It accepts the structured-field string form of the draft
+// (`"8e03978e-40d5-43e8-bc93-6894a57f9324"`, with `\"` and `\\` escapes)
+// and a bare token (`8e03978e-40d5-43e8-bc93-6894a57f9324`). Surrounding
+// spaces and tabs are ignored. The key itself must be 1 to MaxKeyLen bytes
+// of visible ASCII (0x21 to 0x7e); a bare token may not hold `"` or `,`
+// (a comma means several values were sent). Parameters after a quoted key
+// are refused.
+func ParseKey(value string) (string, error) {
+	v := strings.Trim(value, " \t")
+	if v == "" {
+		return "", fmt.Errorf("%w: empty", ErrMalformedKey)
+	}
+	var key string
+	if v[0] == '"' {
+		var b strings.Builder
+		i := 1
+		closed := false
+		for ; i < len(v); i++ {
+			c := v[i]
+			if c == '\\' {
+				i++
+				if i == len(v) || (v[i] != '"' && v[i] != '\\') {
+					return "", fmt.Errorf("%w: bad escape at byte %d (only \\\" and \\\\ are allowed)", ErrMalformedKey, i-1)
+				}
+				b.WriteByte(v[i])
+				continue
+			}
+			if c == '"' {
+				closed = true
+				break
+			}
+			b.WriteByte(c)
+		}
+		if !closed {
+			return "", fmt.Errorf("%w: quoted string is not closed", ErrMalformedKey)
+		}
+		if rest := v[i+1:]; rest != "" {
+			if rest[0] == ';' {
+				return "", fmt.Errorf("%w: parameters after the key are not supported", ErrMalformedKey)
+			}
+			return "", fmt.Errorf("%w: unexpected %q after the quoted key", ErrMalformedKey, rest)
+		}
+		key = b.String()
+	} else {
+		for i := 0; i < len(v); i++ {
+			switch v[i] {
+			case '"':
+				return "", fmt.Errorf("%w: unbalanced quote at byte %d", ErrMalformedKey, i)
+			case ',':
+				return "", fmt.Errorf("%w: more than one value (comma at byte %d)", ErrMalformedKey, i)
+			}
+		}
+		key = v
+	}
+	if key == "" {
+		return "", fmt.Errorf("%w: empty", ErrMalformedKey)
+	}
+	if len(key) > MaxKeyLen {
+		return "", fmt.Errorf("%w: %d bytes, longer than %d", ErrMalformedKey, len(key), MaxKeyLen)
+	}
+	for i := 0; i < len(key); i++ {
+		if c := key[i]; c < 0x21 || c > 0x7e {
+			return "", fmt.Errorf("%w: byte 0x%02x at %d is not visible ASCII", ErrMalformedKey, c, i)
+		}
+	}
+	return key, nil
+}
+
+// digestPrefix marks a stored key that is a digest of the scoped key.
+const digestPrefix = "idemhttp:sha256:"
+
+// storedKey returns the key under which the response to key is stored for
+// scope: "idemhttp:<len(scope)>:<scope>:<key>", which no two (scope, key)
+// pairs share. When that is longer than maxKeySize, or the scope holds
+// bytes the store refuses in keys, it is replaced by its SHA-256
+// ("idemhttp:sha256:<hex>"), which is just as unique.
+func storedKey(scope, key string, maxKeySize int) string {
+	k := "idemhttp:" + strconv.Itoa(len(scope)) + ":" + scope + ":" + key
+	if len(k) <= maxKeySize && utf8.ValidString(scope) && !hasControl(scope) {
+		return k
+	}
+	sum := sha256.Sum256([]byte(k))
+	return digestPrefix + hex.EncodeToString(sum[:])
+}
+
+// minStoreKeySize is the smallest store MaxKeySize the middleware works
+// with: room for a digest key.
+const minStoreKeySize = len(digestPrefix) + 2*sha256.Size
+
+func hasControl(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == 0x7f {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,326 @@
+package idemhttp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/idemdb/idem"
+)
+
+// endTimeout bounds storing a request's outcome, which goes on after the
+// client has gone away: the handler ran, and its outcome must be recorded.
+const endTimeout = 30 * time.Second
+
+// New returns middleware that makes the handlers it wraps idempotent with
+// the Idempotency-Key header, storing outcomes in s. Passing nil options
+// uses the defaults. New panics when the options are inconsistent, so that
+// misconfiguration shows at start-up rather than on a request.
+func New(s *idem.Store, opts *Options) func(http.Handler) http.Handler {
+	if s == nil {
+		panic("idemhttp: New with a nil store")
+	}
+	c := opts.config()
+	so := s.Options()
+	if so.MaxKeySize < minStoreKeySize {
+		panic(fmt.Sprintf("idemhttp: the store's MaxKeySize %d is below the %d bytes the middleware needs", so.MaxKeySize, minStoreKeySize))
+	}
+	lease := c.LeaseTTL
+	if lease == 0 {
+		lease = so.LeaseTTL
+	}
+	m := &middleware{cfg: c, s: s, lease: lease, now: so.Now, maxKey: so.MaxKeySize, maxResp: so.MaxResponseSize}
+	return func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			m.serve(w, r, next)
+		})
+	}
+}
+
+type middleware struct {
+	cfg     config
+	s       *idem.Store
+	lease   time.Duration
+	now     func() time.Time // the store's clock
+	maxKey  int
+	maxResp int
+}
+
+func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	if !m.cfg.methods[r.Method] {
+		next.ServeHTTP(w, r)
+		return
+	}
+	values := r.Header.Values(m.cfg.Header)
+	switch {
+	case len(values) == 0:
+		if m.cfg.Required != nil && m.cfg.Required(r) {
+			m.problem(w, ProblemKeyRequired, http.StatusBadRequest, "",
+				fmt.Sprintf("%s %s requires an %s header", r.Method, r.URL.Path, m.cfg.Header))
+			return
+		}
+		next.ServeHTTP(w, r)
+		return
+	case len(values) > 1:
+		m.problem(w, ProblemInvalidKey, http.StatusBadRequest, "",
+			fmt.Sprintf("%d %s headers; send exactly one", len(values), m.cfg.Header))
+		return
+	}
+	key, err := ParseKey(values[0])
+	if err != nil {
+		m.problem(w, ProblemInvalidKey, http.StatusBadRequest, "", fmt.Sprintf("%s header: %v", m.cfg.Header, err))
+		return
+	}
+
+	body, err := m.readBody(r)
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			m.problem(w, ProblemBodyTooLarge, http.StatusRequestEntityTooLarge, key,
+				fmt.Sprintf("the request body is larger than %d bytes", m.cfg.MaxBodyBytes))
+			return
+		}
+		m.problem(w, ProblemInvalidKey, http.StatusBadRequest, key, fmt.Sprintf("reading the request body: %v", err))
+		return
+	}
+	route := m.route(r)
+	fp := Fingerprint(r.Method, route, body, m.cfg.CanonicalJSON)
+	scope := ""
+	if m.cfg.Scope != nil {
+		scope = m.cfg.Scope(r)
+	}
+	skey := storedKey(scope, key, m.maxKey)
+
+	ctx := idem.WithLeaseTTL(r.Context(), m.lease)
+	if m.cfg.TTL != nil {
+		ctx = idem.WithTTL(ctx, m.cfg.TTL(r))
+	}
+	lease, rec, err := m.s.Begin(ctx, skey, fp)
+	switch {
+	case errors.Is(err, idem.ErrInProgress) && rec != nil:
+		wait := int(math.Ceil(rec.LeaseUntil.Sub(m.now()).Seconds()))
+		p := problemResponse(ProblemInProgress, http.StatusConflict, key,
+			fmt.Sprintf("a request with this key is still running; retry after %d seconds", max(wait, 1)))
+		p.header.Set("Retry-After", strconv.Itoa(max(wait, 1)))
+		m.write(w, p, false, time.Time{})
+		return
+	case errors.Is(err, idem.ErrFingerprintMismatch):
+		m.problem(w, ProblemKeyReused, http.StatusUnprocessableEntity, key,
+			fmt.Sprintf("this key was first used with another request; %s %s with this body is a different request, so send it with a new key", r.Method, route))
+		return
+	case err != nil && r.Context().Err() != nil:
+		return // the client has gone away
+	case err != nil:
+		m.cfg.Logger.Error("idemhttp: store unavailable", "key", skey, "err", err)
+		p := problemResponse(ProblemStoreUnavailable, http.StatusServiceUnavailable, key,
+			"the idempotency store could not be reached, so the request was not run; retry with the same key")
+		p.header.Set("Retry-After", "1")
+		m.write(w, p, false, time.Time{})
+		return
+	case lease == nil:
+		m.replay(w, key, rec)
+		return
+	}
+
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	m.run(ctx, w, r, next, key, lease)
+}
+
+// readBody reads the whole request body, at most MaxBodyBytes of it.
+func (m *middleware) readBody(r *http.Request) ([]byte, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, nil
+	}
+	defer r.Body.Close()
+	if r.ContentLength > m.cfg.MaxBodyBytes {
+		return nil, &http.MaxBytesError{Limit: m.cfg.MaxBodyBytes}
+	}
+	return io.ReadAll(http.MaxBytesReader(nil, r.Body, m.cfg.MaxBodyBytes))
+}
+
+func (m *middleware) route(r *http.Request) string {
+	if m.cfg.Route != nil {
+		return m.cfg.Route(r)
+	}
+	if r.URL.RawQuery == "" {
+		return r.URL.Path
+	}
+	return r.URL.Path + "?" + r.URL.Query().Encode()
+}
+
+// replay writes the stored outcome rec.
+func (m *middleware) replay(w http.ResponseWriter, key string, rec *idem.Record) {
+	if rec.State == idem.StateFailed && len(rec.Response) == 0 {
+		// Stored without a response by another writer of the store (Do
+		// ends an oversized response this way).
+		m.write(w, notStored(key, "the response was not recorded"), true, rec.ExpiresAt)
+		return
+	}
+	resp, err := decodeResponse(rec.Response)
+	if err != nil {
+		m.cfg.Logger.Error("idemhttp: stored response is corrupt", "key", rec.Key, "err", err)
+		m.problem(w, ProblemCorrupt, http.StatusInternalServerError, key,
+			"the response stored for this key cannot be decoded, so it is not replayed and the request is not run again")
+		return
+	}
+	m.write(w, resp, true, rec.ExpiresAt)
+}
+
+func notStored(key, why string) *response {
+	return problemResponse(ProblemNotStored, http.StatusUnprocessableEntity, key,
+		"the request with this key ran, but its response could not be stored ("+why+"), so it cannot be replayed; it is not run again: check the outcome another way")
+}
+
+// run runs the handler under lease and ends the lease by the outcome.
+func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, lease *idem.Lease) {
+	runCtx, cancel := context.WithCancelCause(r.Context())
+	defer cancel(nil)
+	stopRenew := m.renew(runCtx, lease, cancel)
+
+	// Ending the lease outlives the client's connection.
+	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	defer endCancel()
+
+	c := newCapture(w, m.maxResp)
+	func() {
+		defer func() {
+			if p := recover(); p != nil {
+				stopRenew()
+				// The handler failed: leave the key to the client's retry.
+				if err := lease.Fail(endCtx, nil, true); err != nil {
+					m.cfg.Logger.Error("idemhttp: ending the key after a panic", "key", lease.Key(), "err", err)
+				}
+				panic(p)
+			}
+		}()
+		next.ServeHTTP(c, r.WithContext(runCtx))
+	}()
+	stopRenew()
+
+	var expires time.Time
+	if c.unstored == "" {
+		resp := c.response()
+		data := encodeResponse(resp)
+		// The client gets every header the handler set; the store keeps
+		// only those that may be replayed.
+		sent := &response{status: resp.status, header: c.header, body: resp.body}
+		if len(data) <= m.maxResp {
+			var err error
+			outcome := m.cfg.Policy(resp.status)
+			switch outcome {
+			case Completed:
+				err = lease.Complete(endCtx, data)
+			case Failed:
+				err = lease.Fail(endCtx, data, false)
+			default:
+				err = lease.Fail(endCtx, data, true)
+			}
+			if err != nil {
+				m.cfg.Logger.Error("idemhttp: storing the response failed; a retry will run the request again", "key", lease.Key(), "status", resp.status, "err", err)
+			} else if outcome != Retry {
+				expires = m.expiry(r)
+			}
+			m.write(w, sent, false, expires)
+			return
+		}
+		c.unstored = "larger than the store's maximum response size"
+		m.write(w, sent, false, time.Time{})
+	}
+	var err error
+	if m.cfg.PassThroughUnstored {
+		err = lease.Release(endCtx)
+	} else {
+		err = lease.Fail(endCtx, encodeResponse(notStored(key, c.unstored)), false)
+	}
+	if err != nil {
+		m.cfg.Logger.Error("idemhttp: ending the key of an unstored response", "key", lease.Key(), "err", err)
+	}
+}
+
+// renew extends lease every third of its life until the returned function
+// is called. A lost lease cancels the handler's context.
+func (m *middleware) renew(ctx context.Context, lease *idem.Lease, cancel context.CancelCauseFunc) (stop func()) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(max(m.lease/3, time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				err := lease.Extend(ctx, m.lease)
+				if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrClosed) {
+					m.cfg.Logger.Error("idemhttp: lease lost while the handler ran", "key", lease.Key(), "err", err)
+					cancel(err)
+					return
+				}
+				if err != nil && ctx.Err() == nil {
+					m.cfg.Logger.Warn("idemhttp: lease renewal failed", "key", lease.Key(), "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		select {
+		case <-done:
+		default:
+			close(done)
+		}
+		<-stopped
+	}
+}
+
+// expiry returns when a record stored now for r expires, or zero when no
+// expiry header is wanted.
+func (m *middleware) expiry(r *http.Request) time.Time {
+	if m.cfg.ExpiresHeader == "" {
+		return time.Time{}
+	}
+	var d time.Duration
+	if m.cfg.TTL != nil {
+		d = m.cfg.TTL(r)
+	}
+	if d <= 0 {
+		d = m.s.Options().CompletedTTL
+	}
+	return m.now().Add(d)
+}
+
+func (m *middleware) problem(w http.ResponseWriter, typ string, status int, key, detail string) {
+	m.write(w, problemResponse(typ, status, key, detail), false, time.Time{})
+}
+
+// write sends resp. Stored headers replace any of the same name set by
+// outer handlers; a replay says so in Idempotent-Replayed.
+func (m *middleware) write(w http.ResponseWriter, resp *response, replayed bool, expires time.Time) {
+	h := w.Header()
+	copyHeader(h, resp.header)
+	if h.Get("Content-Length") == "" && bodyAllowed(resp.status) {
+		h.Set("Content-Length", strconv.Itoa(len(resp.body)))
+	}
+	if replayed {
+		h.Set("Idempotent-Replayed", "true")
+	}
+	if m.cfg.ExpiresHeader != "" && !expires.IsZero() {
+		h.Set(m.cfg.ExpiresHeader, expires.UTC().Format(http.TimeFormat))
+	}
+	w.WriteHeader(resp.status)
+	if bodyAllowed(resp.status) {
+		w.Write(resp.body)
+	}
+}
+
+func bodyAllowed(status int) bool {
+	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}

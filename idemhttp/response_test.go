@@ -1,0 +1,75 @@
+package idemhttp
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestResponseEncoding(t *testing.T) {
+	r := &response{
+		status: 201,
+		header: http.Header{"Location": {"/p/1"}, "X-Multi": {"a", "", "c"}, "Empty": {}},
+		body:   []byte{0, 1, 2, 255},
+	}
+	data := encodeResponse(r)
+	require.Equal(t, byte(responseVersion), data[0])
+	require.Equal(t, data, encodeResponse(r), "encoding is deterministic")
+	got, err := decodeResponse(data)
+	require.NoError(t, err)
+	require.Equal(t, r.status, got.status)
+	require.Equal(t, r.header, got.header)
+	require.Equal(t, r.body, got.body)
+
+	// Every truncation is an error, never a panic or a wrong response.
+	headerEnd := len(data) - len(r.body)
+	for i := 0; i < headerEnd; i++ {
+		_, err := decodeResponse(data[:i])
+		require.ErrorIs(t, err, errBadResponse, "truncated at %d", i)
+	}
+	_, err = decodeResponse(append([]byte{2}, data[1:]...))
+	require.ErrorContains(t, err, "unknown format version 2")
+}
+
+func TestStorableHeader(t *testing.T) {
+	h := http.Header{
+		"Set-Cookie":        {"a=b"},
+		"Connection":        {"keep-alive, X-Private"},
+		"X-Private":         {"1"},
+		"Transfer-Encoding": {"chunked"},
+		"Etag":              {`"x"`},
+		"x-lower":           {"kept as written"},
+		"Trailer:X-T":       {"t"},
+	}
+	got := storableHeader(h)
+	require.Equal(t, http.Header{"Etag": {`"x"`}, "x-lower": {"kept as written"}}, got)
+}
+
+func TestStoredKey(t *testing.T) {
+	require.Equal(t, "idemhttp:0::k", storedKey("", "k", 255))
+	require.Equal(t, "idemhttp:5:alice:k", storedKey("alice", "k", 255))
+	// Scopes with separators cannot collide with other (scope, key) pairs.
+	require.NotEqual(t, storedKey("a:1", "k", 255), storedKey("a", "1:k", 255))
+	long := storedKey(strings.Repeat("s", 300), "k", 255)
+	require.True(t, strings.HasPrefix(long, digestPrefix))
+	require.Len(t, long, minStoreKeySize)
+	require.NotEqual(t, long, storedKey(strings.Repeat("s", 301), "k", 255))
+	require.True(t, strings.HasPrefix(storedKey("tab\there", "k", 255), digestPrefix))
+}
+
+func FuzzDecodeResponse(f *testing.F) {
+	f.Add(encodeResponse(&response{status: 200, header: http.Header{"A": {"b"}}, body: []byte("x")}))
+	f.Add([]byte{1, 200, 1, 255, 255, 255, 255, 15})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := decodeResponse(data)
+		if err != nil {
+			return
+		}
+		r2, err := decodeResponse(encodeResponse(r))
+		if err != nil || r2.status != r.status || string(r2.body) != string(r.body) || len(r2.header) != len(r.header) {
+			t.Fatalf("re-encoding changed the response: %v", err)
+		}
+	})
+}
