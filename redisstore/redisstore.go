@@ -185,7 +185,7 @@ func casArgs(old, new []byte, expireAt time.Time) []any {
 	ms := int64(1)
 	if new != nil {
 		// Round up, and never zero: PX needs a positive expiry.
-		ms = max((time.Until(expireAt)+time.Millisecond-1).Milliseconds(), 1)
+		ms = max((time.Until(expireAt) + time.Millisecond - 1).Milliseconds(), 1)
 	}
 	return []any{hasOld, old, hasNew, new, ms}
 }
