@@ -3,6 +3,7 @@
 package redisstore_test
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -17,7 +18,13 @@ import (
 	"github.com/idemdb/idem/redisstore"
 )
 
+// quiet drops go-redis's log lines (failed dials in the failure tests).
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
 func TestMain(m *testing.M) {
+	redis.SetLogger(quiet{})
 	goleak.VerifyTestMain(m)
 }
 
