@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemtest"
 	"github.com/idemdb/idem/internal/redistest"
 	"github.com/idemdb/idem/redisstore"
 )
@@ -147,4 +148,58 @@ func TestInstancesShareKeys(t *testing.T) {
 	}
 	assert.Len(t, ranOn, 2, "both instances ran some keys: %v", ranOn)
 	assert.Equal(t, uint64(keys), insts[0].s.Stats().Leases+insts[1].s.Stats().Leases, "one lease per key across both instances")
+}
+
+// TestClockSkew runs two instances whose clocks disagree. Leases lapse by
+// the clock of the instance that asks: with skew well under the renewal
+// margin (Do extends every third of LeaseTTL) a renewed lease is never
+// taken over; with skew beyond it the instance ahead takes over early, and
+// fencing still keeps the first holder from overwriting the newer outcome.
+func TestClockSkew(t *testing.T) {
+	ctx := context.Background()
+	const lease = 30 * time.Second
+	redisSrv := redistest.Start(t)
+	pair := func(skew time.Duration) (a, b *idem.Store, advance func(time.Duration)) {
+		cfg := &redisstore.Config{Prefix: uniquePrefix()}
+		clkA, clkB := idemtest.NewClock(), idemtest.NewClock()
+		clkB.Advance(skew)
+		open := func(clk *idemtest.Clock) *idem.Store {
+			s, err := idem.New(redisstore.NewBackend(newClient(t, redisSrv.Addr), cfg), &idem.Options{GCInterval: -1, LeaseTTL: lease, Now: clk.Now})
+			require.NoError(t, err)
+			t.Cleanup(func() { _ = s.Close() })
+			return s
+		}
+		return open(clkA), open(clkB), func(d time.Duration) { clkA.Advance(d); clkB.Advance(d) }
+	}
+
+	t.Run("small skew, renewed lease holds", func(t *testing.T) {
+		a, b, advance := pair(5 * time.Second)
+		l, _, err := a.Begin(ctx, "k", fp)
+		require.NoError(t, err)
+		for range 10 {
+			advance(lease / 3)
+			require.NoError(t, l.Extend(ctx, lease), "A renews as Do does")
+			bl, _, err := b.Begin(ctx, "k", fp)
+			require.ErrorIs(t, err, idem.ErrInProgress)
+			require.Nil(t, bl)
+		}
+		require.NoError(t, l.Complete(ctx, []byte("from A")))
+	})
+
+	t.Run("large skew, early takeover is fenced", func(t *testing.T) {
+		a, b, advance := pair(25 * time.Second)
+		la, _, err := a.Begin(ctx, "k", fp)
+		require.NoError(t, err)
+		advance(lease/3 - time.Second) // A has not renewed yet; B's clock reads past A's lease
+		lb, _, err := b.Begin(ctx, "k", fp)
+		require.NoError(t, err)
+		require.NotNil(t, lb, "the instance ahead takes over early")
+		assert.Greater(t, lb.Token(), la.Token())
+		assert.ErrorIs(t, la.Extend(ctx, lease), idem.ErrLeaseLost)
+		assert.ErrorIs(t, la.Complete(ctx, []byte("from A")), idem.ErrLeaseLost)
+		require.NoError(t, lb.Complete(ctx, []byte("from B")))
+		rec, err := a.Get(ctx, "k")
+		require.NoError(t, err)
+		assert.Equal(t, "from B", string(rec.Response))
+	})
 }

@@ -100,3 +100,15 @@ func TestConformanceRedisCluster(t *testing.T) {
 		return storeOn(t, rdb, nil, opts)
 	})
 }
+
+// TestConformanceRedisRing runs the suite on a go-redis Ring of two
+// servers: each record lives on the shard its key hashes to, and Scan
+// visits both.
+func TestConformanceRedisRing(t *testing.T) {
+	a, b := redistest.Start(t), redistest.Start(t)
+	idemtest.Run(t, func(t *testing.T, opts *idem.Options) *idem.Store {
+		rdb := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": a.Addr, "b": b.Addr}})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return storeOn(t, rdb, nil, opts)
+	})
+}
