@@ -133,7 +133,10 @@ func (s *Store) checkResponse(response []byte) error {
 // fenced runs one fenced transition of l's record: apply changes the
 // record (or returns true to delete it), and the change is written only if
 // the stored record is still l's.
-func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, apply func(r *Record, now time.Time) (del bool)) error {
+func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, apply func(r *Record, now time.Time) (del bool)) (err error) {
+	if s.opts.Observer != nil {
+		defer func(start time.Time) { s.observeStep(op, start, err) }(time.Now())
+	}
 	if err := ctx.Err(); err != nil {
 		return wrap(op, l.key, err)
 	}

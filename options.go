@@ -111,6 +111,10 @@ type Options struct {
 	CacheSize int64
 	// CacheTTL bounds how long a record stays cached. Zero means 1m.
 	CacheTTL time.Duration
+
+	// Observer is told the outcome and duration of every Begin, Get and
+	// lease step, for latency metrics. Nil means none.
+	Observer Observer
 }
 
 // withDefaults returns a copy of o with every zero field set to its default,

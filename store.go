@@ -151,6 +151,16 @@ func wrap(op, key string, err error) error {
 // the new lease carries a larger fencing token, and the old holder can no
 // longer end it. WithTTL and WithLeaseTTL on ctx set this call's lifetimes.
 func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte) (*Lease, *Record, error) {
+	if s.opts.Observer == nil {
+		return s.begin(ctx, key, fingerprint)
+	}
+	start := time.Now()
+	l, rec, err := s.begin(ctx, key, fingerprint)
+	s.observeBegin(start, l, err)
+	return l, rec, err
+}
+
+func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lease, *Record, error) {
 	if err := s.check(ctx, key); err != nil {
 		return nil, nil, wrap("begin", key, err)
 	}
@@ -278,6 +288,16 @@ func firstToken() uint64 {
 // Get returns the record stored under key. It returns ErrNotFound when
 // there is none or it has expired.
 func (s *Store) Get(ctx context.Context, key string) (*Record, error) {
+	if s.opts.Observer == nil {
+		return s.get(ctx, key)
+	}
+	start := time.Now()
+	rec, err := s.get(ctx, key)
+	s.observeGet(start, err)
+	return rec, err
+}
+
+func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 	if err := s.check(ctx, key); err != nil {
 		return nil, wrap("get", key, err)
 	}

@@ -44,6 +44,12 @@ func Run(t *testing.T, open Opener) {
 		{"ConcurrentDo", testConcurrentDo},
 		{"ReadCache", testReadCache},
 		{"Stats", testStats},
+		{"ForceRelease", testForceRelease},
+		{"ForceFail", testForceFail},
+		{"ForceRace", testForceRace},
+		{"ForceDelete", testForceDelete},
+		{"Restore", testRestore},
+		{"Observer", testObserver},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })

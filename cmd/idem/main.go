@@ -24,8 +24,9 @@ type command struct {
 	name    string
 	args    string // synopsis of the arguments after the flags
 	summary string // one line for `idem help`
-	// run executes the command with its flags parsed by fs; args are the
-	// remaining arguments. It writes results to stdout.
+	// setup defines the command's flags on fs and returns the function
+	// that runs it once fs is parsed: args are the remaining arguments;
+	// results go to stdout, diagnostics to stderr.
 	setup func(fs *flag.FlagSet) func(args []string, stdout, stderr io.Writer) error
 }
 

@@ -1,0 +1,240 @@
+package idem_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemtest"
+)
+
+func TestLockedDirectory(t *testing.T) {
+	dir := t.TempDir()
+	s := openIn(t, dir, nil)
+	_, err := idem.Open(dir, nil)
+	require.ErrorIs(t, err, idem.ErrLocked)
+	assert.Contains(t, err.Error(), dir)
+	assert.Contains(t, err.Error(), "in use by another process")
+	// The holder is unharmed.
+	_, _, err = s.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
+	require.NoError(t, err)
+}
+
+func openIn(t *testing.T, dir string, opts *idem.Options) *idem.Store {
+	t.Helper()
+	s, err := idem.Open(dir, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s
+}
+
+func TestOpenBadInput(t *testing.T) {
+	_, err := idem.Open("", nil)
+	assert.ErrorContains(t, err, "no data directory")
+	_, err = idem.Open(t.TempDir(), &idem.Options{InMemory: true})
+	assert.ErrorContains(t, err, "InMemory")
+	_, err = idem.Open(t.TempDir(), &idem.Options{LeaseTTL: -time.Second})
+	assert.ErrorContains(t, err, "LeaseTTL")
+	_, err = idem.Open(t.TempDir(), &idem.Options{MaxKeySize: idem.MaxKeySizeLimit + 1})
+	assert.ErrorContains(t, err, "MaxKeySize")
+	f := t.TempDir() + "/file"
+	require.NoError(t, os.WriteFile(f, []byte("x"), 0o600))
+	_, err = idem.Open(f, nil)
+	assert.Error(t, err, "a file is not a data directory")
+}
+
+// A record that cannot be decoded is reported as ErrCorrupt naming its key,
+// and the store goes on serving every other key.
+func TestCorruptRecord(t *testing.T) {
+	ctx := context.Background()
+	b, err := idem.OpenBadger(t.TempDir(), nil)
+	require.NoError(t, err)
+	_, swapped, err := b.CompareAndSwap(ctx, "bad", nil, []byte("\x9bgarbage"), time.Now().Add(time.Hour), false)
+	require.NoError(t, err)
+	require.True(t, swapped)
+	s, err := idem.New(b, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	defer s.Close()
+	_, _, err = s.Do(ctx, "good", []byte("fp"), func(context.Context) ([]byte, error) { return []byte("fine"), nil })
+	require.NoError(t, err)
+
+	_, err = s.Get(ctx, "bad")
+	require.ErrorIs(t, err, idem.ErrCorrupt)
+	assert.Contains(t, err.Error(), `"bad"`)
+	_, _, err = s.Begin(ctx, "bad", []byte("fp"))
+	require.ErrorIs(t, err, idem.ErrCorrupt, "a corrupt record is never overwritten by a claim")
+	rep, err := s.CollectGarbage(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 1, rep.Corrupt)
+	assert.Equal(t, 1, rep.Records)
+
+	rec, err := s.Get(ctx, "good")
+	require.NoError(t, err)
+	assert.Equal(t, "fine", string(rec.Response))
+
+	// The operator's way out: delete it.
+	require.NoError(t, s.Delete(ctx, "bad"))
+	l, _, err := s.Begin(ctx, "bad", []byte("fp"))
+	require.NoError(t, err)
+	require.NotNil(t, l)
+}
+
+// Records vanish at their TTL by the injected clock; the background loop
+// sweeps and reports stale leases; Close stops it (TestMain checks for
+// leaked goroutines).
+func TestExpiryAndBackgroundGC(t *testing.T) {
+	ctx := context.Background()
+	clk := idemtest.NewClock()
+	s := openIn(t, t.TempDir(), &idem.Options{Now: clk.Now, GCInterval: 20 * time.Millisecond, LeaseTTL: time.Minute, CompletedTTL: time.Hour})
+	for i := 0; i < 50; i++ {
+		_, _, err := s.Do(ctx, fmt.Sprint("done-", i), nil, func(context.Context) ([]byte, error) { return []byte("x"), nil })
+		require.NoError(t, err)
+	}
+	clk.Advance(30 * time.Minute)
+	_, _, err := s.Begin(ctx, "crashed", nil) // its holder never comes back
+	require.NoError(t, err)
+
+	clk.Advance(30*time.Minute - time.Second)
+	_, err = s.Get(ctx, "done-0")
+	require.NoError(t, err)
+	waitFor(t, func() bool { return s.Stats().StaleLeases == 1 }, "a sweep reporting the stale lease")
+
+	clk.Advance(time.Second)
+	_, err = s.Get(ctx, "done-0")
+	require.ErrorIs(t, err, idem.ErrNotFound)
+	before := s.Stats().Sweeps
+	waitFor(t, func() bool { return s.Stats().Sweeps > before+1 }, "more sweeps")
+	rep, err := s.CollectGarbage(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, 50, rep.Expired)
+	assert.Equal(t, 1, rep.Records, "only the in-progress record is still alive")
+	assert.Equal(t, 1, rep.StaleLeases)
+	st := s.Stats()
+	assert.GreaterOrEqual(t, st.GCRuns, uint64(2))
+	assert.Positive(t, st.DiskBytes)
+	assert.Empty(t, st.LastGCErr)
+}
+
+func waitFor(t *testing.T, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestSyncModes(t *testing.T) {
+	for _, mode := range []idem.Sync{idem.SyncAlways, idem.SyncPeriodic, idem.SyncNever} {
+		t.Run(mode.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := idem.Open(dir, &idem.Options{Sync: mode, SyncInterval: 5 * time.Millisecond})
+			require.NoError(t, err)
+			for i := 0; i < 20; i++ {
+				_, _, err := s.Do(context.Background(), fmt.Sprint(i), nil, func(context.Context) ([]byte, error) { return []byte("r"), nil })
+				require.NoError(t, err)
+			}
+			time.Sleep(20 * time.Millisecond) // let the periodic sync run a few times
+			require.NoError(t, s.Close())
+			s = openIn(t, dir, nil)
+			rec, err := s.Get(context.Background(), "19")
+			require.NoError(t, err)
+			assert.Equal(t, idem.StateCompleted, rec.State)
+		})
+	}
+	_, err := idem.Open(t.TempDir(), &idem.Options{Sync: 7})
+	assert.ErrorContains(t, err, "Sync")
+}
+
+// The durability child: completes records and prints each key once
+// Complete has returned, until it is killed.
+func TestMain_durabilityChild(t *testing.T) {
+	dir := os.Getenv("IDEM_DURABILITY_CHILD")
+	if dir == "" {
+		t.Skip("run by TestDurabilitySIGKILL")
+	}
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(3)
+	}
+	prefix := os.Getenv("IDEM_DURABILITY_PREFIX")
+	ctx := context.Background()
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("%s-%d", prefix, i)
+		l, _, err := s.Begin(ctx, key, []byte("fp"))
+		if err == nil && l != nil {
+			err = l.Complete(ctx, []byte("resp-"+key))
+		}
+		if err != nil {
+			fmt.Println("ERR", err)
+			os.Exit(3)
+		}
+		fmt.Println(key) // os.Stdout is unbuffered: the parent sees it at once
+	}
+}
+
+// A completed record whose Complete returned survives SIGKILL of the
+// process at any moment.
+func TestDurabilitySIGKILL(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	for round := 0; round < 4; round++ {
+		prefix := fmt.Sprintf("round%d", round)
+		cmd := exec.Command(os.Args[0], "-test.run=^TestMain_durabilityChild$", "-test.v=false")
+		cmd.Env = append(os.Environ(), "IDEM_DURABILITY_CHILD="+dir, "IDEM_DURABILITY_PREFIX="+prefix)
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		var acked []string
+		sc := bufio.NewScanner(out)
+		killAfter := 50 + rand.IntN(400)
+		for sc.Scan() {
+			line := sc.Text()
+			require.False(t, strings.HasPrefix(line, "ERR"), "child: %s", line)
+			if !strings.HasPrefix(line, prefix) {
+				continue
+			}
+			acked = append(acked, line)
+			if len(acked) == killAfter {
+				require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+				break
+			}
+		}
+		// Lines already written before the kill are acknowledged too.
+		for sc.Scan() {
+			if line := sc.Text(); strings.HasPrefix(line, prefix) {
+				acked = append(acked, line)
+			}
+		}
+		_ = cmd.Wait()
+		require.Len(t, acked[:killAfter], killAfter)
+
+		s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+		require.NoError(t, err, "reopen after SIGKILL")
+		ctx := context.Background()
+		for _, key := range acked {
+			rec, err := s.Get(ctx, key)
+			require.NoError(t, err, "round %d: acknowledged key %s lost", round, key)
+			require.Equal(t, idem.StateCompleted, rec.State, key)
+			require.Equal(t, "resp-"+key, string(rec.Response))
+		}
+		t.Logf("round %d: %d acknowledged completions survived SIGKILL", round, len(acked))
+		require.NoError(t, s.Close())
+	}
+}

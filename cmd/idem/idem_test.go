@@ -1,0 +1,469 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemprom"
+)
+
+// bin is the idem command, built once for all tests.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "idem-cmd-test-")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "idem")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		panic("go build: " + err.Error() + "\n" + string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// idemCmd runs the command with args and stdin.
+func idemCmd(t *testing.T, stdin string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else {
+		require.NoError(t, err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+var ctx = context.Background()
+
+// prepare writes a store in a fresh directory, with records made an hour
+// ago by the real clock:
+//
+//	t1/done    completed, response "charge ch_1: 5000 USD"
+//	t1/stuck   in progress, its 30s lease lapsed an hour ago (stale)
+//	t2/live    in progress, lease live for another hour
+//	t2/retry   failed, retryable
+//	t3/bad     corrupt bytes
+func prepare(t *testing.T) (dir string, tokens map[string]uint64) {
+	t.Helper()
+	dir = t.TempDir()
+	hourAgo := func() time.Time { return time.Now().Add(-time.Hour) }
+	s, err := idem.Open(dir, &idem.Options{Now: hourAgo, GCInterval: -1})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, s.Close()) }()
+	tokens = map[string]uint64{}
+	begin := func(c context.Context, key string) *idem.Lease {
+		l, _, err := s.Begin(c, key, []byte("fp-"+key))
+		require.NoError(t, err)
+		require.NotNil(t, l)
+		tokens[key] = l.Token()
+		return l
+	}
+	require.NoError(t, begin(ctx, "t1/done").Complete(ctx, []byte("charge ch_1: 5000 USD")))
+	begin(ctx, "t1/stuck")
+	begin(idem.WithLeaseTTL(ctx, 2*time.Hour), "t2/live")
+	require.NoError(t, begin(ctx, "t2/retry").Fail(ctx, nil, true))
+	_, swapped, err := s.Backend().CompareAndSwap(ctx, "t3/bad", nil, []byte{0x9b, 0x02, 0xff}, time.Now().Add(time.Hour), false)
+	require.NoError(t, err)
+	require.True(t, swapped)
+	return dir, tokens
+}
+
+// open opens dir for the test to check what the command did.
+func open(t *testing.T, dir string) *idem.Store {
+	t.Helper()
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s
+}
+
+func TestGet(t *testing.T) {
+	dir, tokens := prepare(t)
+
+	r := idemCmd(t, "", "get", "-data", dir, "t1/stuck")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "in-progress (STALE: the lease lapsed 59m")
+	assert.Regexp(t, `token:\s+`+itoa(tokens["t1/stuck"]), r.stdout)
+	assert.Regexp(t, `expires:\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+ \(in 23h0m\)`, r.stdout)
+	assert.Regexp(t, `created:\s+.*\(1h0m ago\)`, r.stdout)
+
+	r = idemCmd(t, "", "get", "-data", dir, "t1/done")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, `response:     21 bytes "charge ch_1: 5000 USD"`)
+	assert.Contains(t, r.stdout, "fingerprint:  "+hexOf("fp-t1/done"))
+
+	r = idemCmd(t, "", "get", "-json", "-data", dir, "t1/done")
+	require.Equal(t, 0, r.code, r.stderr)
+	var j map[string]any
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &j))
+	assert.Equal(t, "Y2hhcmdlIGNoXzE6IDUwMDAgVVNE", j["response"], "base64 of the response")
+	assert.Equal(t, "completed", j["state"])
+	assert.Equal(t, float64(tokens["t1/done"]), j["token"])
+
+	r = idemCmd(t, "", "get", "-data", dir, "nope")
+	assert.Equal(t, 1, r.code)
+	assert.Empty(t, r.stdout)
+	assert.Contains(t, r.stderr, `idem get: idem: get "nope": record not found`)
+
+	r = idemCmd(t, "", "get", "-data", dir, "t3/bad")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, `corrupt record: key "t3/bad"`)
+	assert.Contains(t, r.stderr, "idem delete t3/bad")
+
+	r = idemCmd(t, "", "get", "-data", dir)
+	assert.Equal(t, 2, r.code, "a missing KEY is a usage error")
+	r = idemCmd(t, "", "get", "-data", filepath.Join(dir, "missing"), "k")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "no store at")
+}
+
+func TestList(t *testing.T) {
+	dir, _ := prepare(t)
+
+	r := idemCmd(t, "", "list", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	lines := strings.Split(strings.TrimSpace(r.stdout), "\n")
+	require.Len(t, lines, 6, r.stdout)
+	assert.Regexp(t, `^KEY\s+STATE\s+ATTEMPTS\s+TOKEN\s+AGE\s+LEASE\s+EXPIRES$`, lines[0])
+	assert.Regexp(t, `^t1/stuck\s+in-progress\s+1\s+\d+\s+1h0m\s+STALE 59m\d+s ago\s+in 23h0m$`, lines[2])
+	assert.Regexp(t, `^t2/live\s+in-progress\s+1\s+\d+\s+1h0m\s+live, in (59m\d+s|1h0m)\s+in 23h0m$`, lines[3])
+	assert.Regexp(t, `^t3/bad\s+corrupt\s+-.*corrupt record`, lines[5])
+	assert.Equal(t, strings.Index(lines[0], "STATE"), strings.Index(lines[2], "in-progress"), "columns are aligned")
+
+	r = idemCmd(t, "", "list", "-stale", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, []string{"t1/stuck"}, keysOf(r.stdout))
+
+	r = idemCmd(t, "", "list", "-state", "in-progress", "-prefix", "t2/", "-data", dir)
+	assert.Equal(t, []string{"t2/live"}, keysOf(r.stdout))
+	r = idemCmd(t, "", "list", "-state", "corrupt", "-data", dir)
+	assert.Equal(t, []string{"t3/bad"}, keysOf(r.stdout))
+	r = idemCmd(t, "", "list", "-older-than", "2h", "-data", dir)
+	assert.Equal(t, 0, r.code)
+	assert.Empty(t, keysOf(r.stdout))
+	assert.Contains(t, r.stderr, "no records match")
+	r = idemCmd(t, "", "list", "-older-than", "30m", "-state", "failed", "-data", dir)
+	assert.Equal(t, []string{"t2/retry"}, keysOf(r.stdout))
+
+	r = idemCmd(t, "", "list", "-limit", "2", "-json", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	var keys []string
+	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+		var j recordJSON
+		require.NoError(t, json.Unmarshal([]byte(line), &j), line)
+		keys = append(keys, j.Key)
+	}
+	assert.Equal(t, []string{"t1/done", "t1/stuck"}, keys)
+	assert.Contains(t, r.stderr, "stopped after 2 records")
+
+	r = idemCmd(t, "", "list", "-state", "done", "-data", dir)
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, `unknown state "done"`)
+}
+
+func TestStats(t *testing.T) {
+	dir, _ := prepare(t)
+	r := idemCmd(t, "", "stats", "-json", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	var st statsJSON
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
+	assert.Equal(t, map[string]int{"in-progress": 2, "completed": 1, "failed": 1}, st.Records)
+	assert.Equal(t, 1, st.Corrupt)
+	assert.Equal(t, 1, st.StaleLeases)
+	assert.InDelta(t, 3600, st.OldestInProgressSeconds, 60)
+	assert.Positive(t, st.DiskBytes)
+
+	r = idemCmd(t, "", "stats", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `records:\s+4`, r.stdout)
+	assert.Regexp(t, `in-progress:\s+2\s+\(1 stale`, r.stdout)
+	assert.Regexp(t, `corrupt:\s+1`, r.stdout)
+	assert.Regexp(t, `oldest in-progress:\s+1h0m\s+\(key t1/stuck\)`, r.stdout)
+}
+
+func TestRelease(t *testing.T) {
+	dir, tokens := prepare(t)
+
+	r := idemCmd(t, "n\n", "release", "-data", dir, "t1/stuck")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, "STALE")
+	assert.Contains(t, r.stdout, "Release \"t1/stuck\" (token "+itoa(tokens["t1/stuck"])+")? ")
+	assert.Contains(t, r.stderr, "not confirmed: nothing changed")
+
+	r = idemCmd(t, "", "release", "-data", dir, "t1/stuck")
+	assert.Equal(t, 1, r.code, "no answer on stdin is no")
+	assert.Contains(t, r.stderr, "pass -yes")
+
+	r = idemCmd(t, "", "release", "-yes", "-token", "7", "-data", dir, "t1/stuck")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "not 7 (-token)")
+
+	r = idemCmd(t, "", "release", "-data", dir, "t1/done")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "is completed, not in progress: nothing to release")
+
+	r = idemCmd(t, "y\n", "release", "-data", dir, "t1/stuck")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "done")
+	assert.Contains(t, r.stderr, `msg="idem: operator repair" key=t1/stuck op=release token=`+itoa(tokens["t1/stuck"]))
+
+	s := open(t, dir)
+	_, err := s.Get(ctx, "t1/stuck")
+	assert.ErrorIs(t, err, idem.ErrNotFound)
+	rec, err := s.Get(ctx, "t1/done")
+	require.NoError(t, err)
+	assert.Equal(t, idem.StateCompleted, rec.State, "other records untouched")
+}
+
+func TestFail(t *testing.T) {
+	dir, tokens := prepare(t)
+	r := idemCmd(t, "", "fail", "-yes", "-response", "card declined", "-data", dir, "t2/live")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "lease live")
+	assert.Contains(t, r.stderr, "op=fail")
+	assert.NotContains(t, r.stderr, "card declined", "responses are never logged")
+	s := open(t, dir)
+	rec, err := s.Get(ctx, "t2/live")
+	require.NoError(t, err)
+	assert.Equal(t, idem.StateFailed, rec.State)
+	assert.False(t, rec.Retryable)
+	assert.Equal(t, []byte("card declined"), rec.Response)
+	assert.Equal(t, tokens["t2/live"], rec.Token)
+}
+
+func TestDelete(t *testing.T) {
+	dir, _ := prepare(t)
+	r := idemCmd(t, "yes\n", "delete", "-data", dir, "t3/bad")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "corrupt")
+	assert.Contains(t, r.stderr, "op=delete state=corrupt")
+
+	r = idemCmd(t, "", "release", "-data", dir, "t3/bad")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "record not found")
+
+	r = idemCmd(t, "y\n", "delete", "-data", dir, "t1/done")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "COMPLETED: the next retry with this key runs the request AGAIN")
+
+	r = idemCmd(t, "", "delete", "-yes", "-data", dir, "nope")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "record not found")
+
+	r = idemCmd(t, "", "list", "-data", dir)
+	assert.Equal(t, []string{"t1/stuck", "t2/live", "t2/retry"}, keysOf(r.stdout))
+}
+
+func TestPurge(t *testing.T) {
+	dir, _ := prepare(t)
+	r := idemCmd(t, "no\n", "purge", "-prefix", "t2/", "-data", dir)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, `2 records under "t2/": 1 in-progress (0 stale), 0 completed, 1 failed, 0 corrupt`)
+	r = idemCmd(t, "y\n", "purge", "-prefix", "t2/", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "deleted 2 records")
+	assert.Contains(t, r.stderr, "op=purge prefix=t2/ deleted=2")
+	r = idemCmd(t, "", "list", "-data", dir)
+	assert.Equal(t, []string{"t1/done", "t1/stuck", "t3/bad"}, keysOf(r.stdout))
+
+	r = idemCmd(t, "", "purge", "-yes", "-data", dir)
+	assert.Equal(t, 2, r.code, "purge without -prefix is refused")
+}
+
+func TestExportImport(t *testing.T) {
+	dir, tokens := prepare(t)
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	r := idemCmd(t, "", "export", "-o", file, "-data", dir)
+	assert.Equal(t, 1, r.code, "a corrupt record makes the export incomplete")
+	assert.Contains(t, r.stderr, `skipping "t3/bad"`)
+	assert.Contains(t, r.stderr, "4 records written")
+	data, err := os.ReadFile(file)
+	require.NoError(t, err)
+	assert.Len(t, strings.Split(strings.TrimSpace(string(data)), "\n"), 4)
+
+	// Into a fresh store: every record comes back as it was.
+	dst := t.TempDir()
+	require.NoError(t, os.Remove(dst))
+	s, err := idem.Open(dst, nil)
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	r = idemCmd(t, "", "import", "-data", dst, file)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "imported 4 records")
+	s = open(t, dst)
+	for key, tok := range tokens {
+		rec, err := s.Get(ctx, key)
+		require.NoError(t, err, key)
+		assert.Equal(t, tok, rec.Token, key)
+	}
+	rec, err := s.Get(ctx, "t1/done")
+	require.NoError(t, err)
+	assert.Equal(t, []byte("charge ch_1: 5000 USD"), rec.Response)
+	require.NoError(t, s.Close())
+
+	// Into the source store, where t1/done was replaced: the live record stays.
+	src := open(t, dir)
+	require.NoError(t, src.ForceDelete(ctx, "t1/done", mustGet(t, src, "t1/done")))
+	l, _, err := src.Begin(ctx, "t1/done", []byte("other"))
+	require.NoError(t, err)
+	require.NoError(t, l.Complete(ctx, []byte("newer")))
+	require.NoError(t, src.Close())
+	bad := filepath.Join(t.TempDir(), "bad.jsonl")
+	require.NoError(t, os.WriteFile(bad, append(data, []byte("{not json\n")...), 0o600))
+	r = idemCmd(t, "", "import", "-data", dir, bad)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, `kept the live record stored under "t1/done"`)
+	assert.Contains(t, r.stderr, "line 5:")
+	assert.Contains(t, r.stdout, "kept 1 existing")
+	src = open(t, dir)
+	assert.Equal(t, []byte("newer"), mustGet(t, src, "t1/done").Response)
+	require.NoError(t, src.Close())
+
+	r = idemCmd(t, "", "import", "-overwrite", "-data", dir, file)
+	require.Equal(t, 0, r.code, r.stderr)
+	src = open(t, dir)
+	assert.Equal(t, []byte("charge ch_1: 5000 USD"), mustGet(t, src, "t1/done").Response)
+}
+
+func TestGC(t *testing.T) {
+	dir, _ := prepare(t)
+	r := idemCmd(t, "", "gc", "-json", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	var rep map[string]float64
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rep))
+	assert.Equal(t, 4.0, rep["records"])
+	assert.Equal(t, 1.0, rep["corrupt"])
+	assert.Equal(t, 1.0, rep["stale_leases"])
+	assert.Positive(t, rep["disk_before"])
+}
+
+// TestLocked runs the command while the test holds the store open, as a
+// server would: every command says so and points to the admin endpoint.
+func TestLocked(t *testing.T) {
+	dir, _ := prepare(t)
+	open(t, dir)
+	for _, args := range [][]string{
+		{"get", "-data", dir, "t1/done"},
+		{"list", "-data", dir},
+		{"stats", "-data", dir},
+		{"release", "-yes", "-data", dir, "t1/stuck"},
+	} {
+		r := idemCmd(t, "", args...)
+		assert.Equal(t, 1, r.code, args)
+		assert.Empty(t, r.stdout, args)
+		assert.Contains(t, r.stderr, "is in use by another process", args)
+		assert.Contains(t, r.stderr, "idem get -admin ADDR KEY", args)
+	}
+}
+
+// TestAdmin serves adminHandler over loopback, as idem serve -admin does,
+// and reads it with curl's equivalent and with the command's -admin flag.
+func TestAdmin(t *testing.T) {
+	dir, tokens := prepare(t)
+	lat := idemprom.NewLatency()
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1, Observer: lat})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(lat, idemprom.NewCollector(s, nil))
+	srv := httptest.NewServer(adminHandler(s, reg))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	r := idemCmd(t, "", "get", "-admin", addr, "t1/stuck")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "STALE")
+	assert.Contains(t, r.stdout, itoa(tokens["t1/stuck"]))
+
+	r = idemCmd(t, "", "get", "-admin", addr, "nope")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "record not found")
+
+	r = idemCmd(t, "", "stats", "-admin", addr)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `in-progress:\s+2`, r.stdout)
+	assert.Regexp(t, `get hits:\s+1`, r.stdout, "live counters: the gets above")
+	assert.Regexp(t, `get misses:\s+1`, r.stdout)
+
+	var st statsJSON
+	require.NoError(t, fetchJSON(srv.URL, "/admin/stats", &st))
+	assert.Equal(t, 1, st.Corrupt)
+	require.NotNil(t, st.Counters)
+	assert.Equal(t, uint64(1), st.Counters.Hits)
+
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var body bytes.Buffer
+	_, err = body.ReadFrom(resp.Body)
+	require.NoError(t, err)
+	assert.Contains(t, body.String(), `idem_records{state="in-progress"} 2`)
+	assert.Contains(t, body.String(), `idem_operation_duration_seconds_count{op="get",outcome="hit"} 1`)
+
+	resp, err = srv.Client().Post(srv.URL+"/admin/stats", "text/plain", nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 405, resp.StatusCode, "read-only")
+}
+
+func mustGet(t *testing.T, s *idem.Store, key string) *idem.Record {
+	t.Helper()
+	rec, err := s.Get(ctx, key)
+	require.NoError(t, err)
+	return rec
+}
+
+// keysOf returns the first column of a list table, without its header.
+func keysOf(table string) []string {
+	var keys []string
+	for i, line := range strings.Split(strings.TrimSpace(table), "\n") {
+		if i == 0 || line == "" {
+			continue
+		}
+		keys = append(keys, strings.Fields(line)[0])
+	}
+	return keys
+}
+
+func itoa(n uint64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}
+
+func hexOf(s string) string {
+	const digits = "0123456789abcdef"
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		b.WriteByte(digits[s[i]>>4])
+		b.WriteByte(digits[s[i]&15])
+	}
+	return b.String()
+}

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/idemdb/idem"
+)
+
+func init() {
+	register(&command{
+		name:    "import",
+		args:    "[FILE]",
+		summary: "read records written by idem export (standard input without FILE), keeping live records unless -overwrite",
+		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
+			sf := addStoreFlags(fs)
+			overwrite := fs.Bool("overwrite", false, "replace live records stored under the same keys")
+			return func(args []string, stdout, stderr io.Writer) error {
+				if len(args) > 1 {
+					return usageErr("want at most one FILE, got %q", args)
+				}
+				in := io.Reader(stdin)
+				if len(args) == 1 && args[0] != "-" {
+					f, err := os.Open(args[0])
+					if err != nil {
+						return err
+					}
+					defer f.Close()
+					in = f
+				}
+				s, err := openStore(sf, false, stderr)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				return importRecords(context.Background(), s, in, *overwrite, stdout, stderr)
+			}
+		},
+	})
+}
+
+// maxLine bounds one JSON line: the largest response Options allow, in
+// base64, plus room for the other fields.
+const maxLine = idem.DefaultMaxResponseSize*4/3 + 64<<10
+
+func importRecords(ctx context.Context, s *idem.Store, in io.Reader, overwrite bool, stdout, stderr io.Writer) error {
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 0, 64<<10), max(maxLine, s.Options().MaxResponseSize*4/3+64<<10))
+	var imported, existing, expired, bad int
+	line := 0
+	for sc.Scan() {
+		line++
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var j recordJSON
+		err := json.Unmarshal(sc.Bytes(), &j)
+		var rec *idem.Record
+		if err == nil {
+			rec, err = fromJSON(&j)
+		}
+		if err == nil && rec.Expired(s.Options().Now()) {
+			expired++
+			continue
+		}
+		if err == nil {
+			err = s.Restore(ctx, rec, overwrite)
+		}
+		switch {
+		case err == nil:
+			imported++
+		case errors.Is(err, idem.ErrExists):
+			existing++
+			fmt.Fprintf(stderr, "idem import: line %d: kept the live record stored under %q (-overwrite replaces it)\n", line, j.Key)
+		default:
+			bad++
+			fmt.Fprintf(stderr, "idem import: line %d: %v\n", line, err)
+		}
+	}
+	fmt.Fprintf(stdout, "imported %d records; kept %d existing; skipped %d expired; %d bad lines\n", imported, existing, expired, bad)
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("line %d: %w", line+1, err)
+	}
+	if bad > 0 {
+		return fmt.Errorf("%d lines could not be imported (listed above)", bad)
+	}
+	return nil
+}

@@ -1,0 +1,143 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
+	"time"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemprom"
+)
+
+func init() {
+	register(&command{
+		name:    "stats",
+		summary: "count records by state, stale leases, the oldest in-progress record and disk use",
+		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
+			sf := addStoreFlags(fs)
+			prefix := fs.String("prefix", "", "count only keys that begin with `SCOPE`")
+			asJSON := fs.Bool("json", false, "print JSON")
+			admin := fs.String("admin", "", "ask a running server's admin endpoint at `ADDR` (adds its live counters) instead of -data")
+			return func(args []string, stdout, stderr io.Writer) error {
+				if len(args) > 0 {
+					return usageErr("unexpected arguments %q", args)
+				}
+				var st statsJSON
+				if *admin != "" {
+					if *prefix != "" {
+						return usageErr("-prefix cannot be used with -admin")
+					}
+					if err := fetchJSON(*admin, "/admin/stats", &st); err != nil {
+						return err
+					}
+				} else {
+					s, err := openStore(sf, true, stderr)
+					if err != nil {
+						return err
+					}
+					defer s.Close()
+					if st, err = takeStats(context.Background(), s, *prefix, sf.data); err != nil {
+						return err
+					}
+				}
+				if *asJSON {
+					return json.NewEncoder(stdout).Encode(st)
+				}
+				return printStats(stdout, &st)
+			}
+		},
+	})
+}
+
+// statsJSON is what idem stats and /admin/stats report.
+type statsJSON struct {
+	Records                 map[string]int `json:"records"`
+	Corrupt                 int            `json:"corrupt"`
+	StaleLeases             int            `json:"stale_leases"`
+	OldestInProgressSeconds float64        `json:"oldest_in_progress_seconds"`
+	OldestInProgressKey     string         `json:"oldest_in_progress_key,omitempty"`
+	DiskBytes               int64          `json:"disk_bytes"`
+	// Counters are the live store's Stats, from the admin endpoint only: a
+	// store opened by the command has just started.
+	Counters *idem.Stats `json:"counters,omitempty"`
+}
+
+// takeStats scans s (keys under prefix) by the real clock. dir, when not
+// "", is the data directory whose disk use is reported.
+func takeStats(ctx context.Context, s *idem.Store, prefix, dir string) (statsJSON, error) {
+	c, err := idemprom.TakeCensus(ctx, s, prefix, time.Now(), 0)
+	if err != nil {
+		return statsJSON{}, err
+	}
+	st := statsJSON{
+		Records:     map[string]int{},
+		Corrupt:     c.Corrupt,
+		StaleLeases: c.StaleLeases,
+	}
+	for _, state := range []idem.State{idem.StateInProgress, idem.StateCompleted, idem.StateFailed} {
+		st.Records[state.String()] = c.Records[state]
+	}
+	if c.OldestKey != "" {
+		st.OldestInProgressSeconds = c.OldestInProgress.Seconds()
+		st.OldestInProgressKey = c.OldestKey
+	}
+	if dir != "" {
+		st.DiskBytes = idem.DirUsage(dir)
+	} else if du, ok := s.Backend().(idem.DiskUser); ok {
+		st.DiskBytes = du.DiskUsage()
+	}
+	return st, nil
+}
+
+func printStats(w io.Writer, st *statsJSON) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	total := 0
+	for _, n := range st.Records {
+		total += n
+	}
+	fmt.Fprintf(tw, "records:\t%d\n", total)
+	fmt.Fprintf(tw, "  in-progress:\t%d\t(%d stale: lease lapsed with no takeover)\n", st.Records["in-progress"], st.StaleLeases)
+	fmt.Fprintf(tw, "  completed:\t%d\n", st.Records["completed"])
+	fmt.Fprintf(tw, "  failed:\t%d\n", st.Records["failed"])
+	fmt.Fprintf(tw, "corrupt:\t%d\n", st.Corrupt)
+	if st.OldestInProgressKey != "" {
+		fmt.Fprintf(tw, "oldest in-progress:\t%s\t(key %s)\n", short(time.Duration(st.OldestInProgressSeconds*float64(time.Second))), st.OldestInProgressKey)
+	} else {
+		fmt.Fprintf(tw, "oldest in-progress:\t-\n")
+	}
+	fmt.Fprintf(tw, "disk:\t%s\n", bytesize(st.DiskBytes))
+	if c := st.Counters; c != nil {
+		fmt.Fprintf(tw, "\nsince the server started:\t\n")
+		for _, row := range []struct {
+			name string
+			v    uint64
+		}{
+			{"leases", c.Leases}, {"takeovers", c.Takeovers}, {"replays", c.Replays},
+			{"in-progress answers", c.InProgress}, {"mismatches", c.Mismatches}, {"lease lost", c.LeaseLost},
+			{"completed", c.Completed}, {"failed", c.Failed}, {"released", c.Released},
+			{"get hits", c.Hits}, {"get misses", c.Misses}, {"conflicts", c.Conflicts}, {"gc runs", c.GCRuns},
+		} {
+			fmt.Fprintf(tw, "  %s:\t%d\n", row.name, row.v)
+		}
+		fmt.Fprintf(tw, "  gc reclaimed:\t%s\n", bytesize(c.GCReclaimed))
+	}
+	return tw.Flush()
+}
+
+// bytesize formats n bytes for people: "812 B", "1.2 MiB".
+func bytesize(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
