@@ -1,0 +1,205 @@
+//go:build unix
+
+package redisstore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemtest"
+	"github.com/idemdb/idem/internal/redistest"
+	"github.com/idemdb/idem/redisstore"
+)
+
+func TestOpenDefaults(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	s, err := redisstore.Open(rdb, nil)
+	require.NoError(t, err)
+	_, _, err = s.Do(ctx, "order-1", fp, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
+	require.NoError(t, err)
+	n, err := rdb.Exists(ctx, "idem:order-1").Result()
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), n, "the record is the one key idem:order-1")
+	b, ok := s.Backend().(*redisstore.Backend)
+	require.True(t, ok)
+	assert.Equal(t, redisstore.DefaultPrefix, b.Prefix())
+
+	require.NoError(t, s.Close())
+	require.NoError(t, rdb.Ping(ctx).Err(), "closing the store leaves the caller's client open")
+
+	_, err = redisstore.Open(nil, nil)
+	assert.ErrorContains(t, err, "nil redis client")
+	_, err = redisstore.Open(rdb, &idem.Options{LeaseTTL: -time.Second})
+	assert.ErrorContains(t, err, "LeaseTTL")
+}
+
+// TestPrefixes: two stores on one Redis under different prefixes do not
+// see each other's keys, even when a prefix holds SCAN's glob characters.
+func TestPrefixes(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	open := func(prefix string) *idem.Store {
+		s, err := idem.New(redisstore.NewBackend(rdb, &redisstore.Config{Prefix: prefix}), &idem.Options{GCInterval: -1})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	glob, plain, other := open("a*:"), open("ab:"), open("a?:")
+	for _, s := range []*idem.Store{glob, plain, other} {
+		for _, k := range []string{"x1", "x2", "y[1]"} {
+			_, _, err := s.Do(ctx, k, fp, func(context.Context) ([]byte, error) { return nil, nil })
+			require.NoError(t, err)
+		}
+	}
+	keys := func(s *idem.Store, prefix string) []string {
+		var got []string
+		require.NoError(t, s.Scan(ctx, prefix, func(key string, rec *idem.Record, err error) error {
+			require.NoError(t, err)
+			got = append(got, key)
+			return nil
+		}))
+		return got
+	}
+	assert.ElementsMatch(t, []string{"x1", "x2", "y[1]"}, keys(glob, ""))
+	assert.ElementsMatch(t, []string{"x1", "x2", "y[1]"}, keys(other, ""))
+	assert.ElementsMatch(t, []string{"x1", "x2"}, keys(plain, "x"))
+	assert.ElementsMatch(t, []string{"y[1]"}, keys(plain, "y["))
+	require.NoError(t, glob.Delete(ctx, "x1"))
+	_, err := plain.Get(ctx, "x1")
+	assert.NoError(t, err, "deleting under one prefix leaves the other")
+}
+
+// TestScanManyKeys scans more keys than one SCAN batch returns.
+func TestScanManyKeys(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	s := storeOn(t, newClient(t, srv.Addr), nil, &idem.Options{GCInterval: -1})
+	const n = 1500
+	for i := range n {
+		l, _, err := s.Begin(ctx, fmt.Sprintf("k%s-%d", strings.Repeat("x", i%7), i), fp)
+		require.NoError(t, err)
+		require.NoError(t, l.Complete(ctx, nil))
+	}
+	seen := map[string]bool{}
+	require.NoError(t, s.Scan(ctx, "", func(key string, rec *idem.Record, err error) error {
+		require.NoError(t, err)
+		seen[key] = true
+		return nil
+	}))
+	assert.Len(t, seen, n)
+	rep, err := s.CollectGarbage(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, n, rep.Records)
+}
+
+// TestRedisExpiry: the Redis key expires with the record's lifetime (by
+// the real clock, rounded up to whole seconds and never earlier), whatever
+// the store's clock reads.
+func TestRedisExpiry(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: uniquePrefix()})
+	clk := idemtest.NewClock() // far from the real time on purpose
+	s, err := idem.New(b, &idem.Options{GCInterval: -1, Now: clk.Now, LeaseTTL: time.Minute, CompletedTTL: time.Hour})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+
+	pttl := func(key string) time.Duration {
+		d, err := rdb.PTTL(ctx, b.Prefix()+key).Result()
+		require.NoError(t, err)
+		return d
+	}
+	l, _, err := s.Begin(ctx, "k", fp)
+	require.NoError(t, err)
+	d := pttl("k")
+	assert.True(t, d >= time.Hour-time.Second && d <= time.Hour+3*time.Second, "in progress: the record's TTL, not the lease's: %v", d)
+	clk.Advance(10 * time.Minute)
+	require.NoError(t, l.Complete(idem.WithTTL(ctx, 2*time.Hour), []byte("x")))
+	d = pttl("k")
+	assert.True(t, d >= 2*time.Hour-time.Second && d <= 2*time.Hour+3*time.Second, "completed with WithTTL 2h: %v", d)
+
+	// Released: the key is gone from Redis at once.
+	l2, _, err := s.Begin(ctx, "r", fp)
+	require.NoError(t, err)
+	require.NoError(t, l2.Release(ctx))
+	n, err := rdb.Exists(ctx, b.Prefix()+"r").Result()
+	require.NoError(t, err)
+	assert.Zero(t, n)
+}
+
+// TestScriptCacheFlushed: the transitions keep working after Redis lost
+// its script cache (SCRIPT FLUSH, as after a restart or failover), with
+// and without WAIT.
+func TestScriptCacheFlushed(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	srv.StartReplica()
+	rdb := newClient(t, srv.Addr)
+	for _, cfg := range []*redisstore.Config{nil, {WaitReplicas: 1}} {
+		s := storeOn(t, rdb, cfg, &idem.Options{GCInterval: -1})
+		for i := 0; i < 3; i++ {
+			l, _, err := s.Begin(ctx, fmt.Sprintf("k%d", i), fp)
+			require.NoError(t, err)
+			require.NoError(t, rdb.ScriptFlush(ctx).Err())
+			require.NoError(t, l.Complete(ctx, []byte("done")))
+			require.NoError(t, rdb.ScriptFlush(ctx).Err())
+			_, rec, err := s.Begin(ctx, fmt.Sprintf("k%d", i), fp)
+			require.NoError(t, err)
+			assert.Equal(t, "done", string(rec.Response))
+		}
+	}
+}
+
+// TestWaitReplicas: with WaitReplicas, Complete returns once a replica
+// has the record; with the replica gone it reports ErrNotReplicated after
+// WaitTimeout, and the record is still written on the master. Claims do
+// not wait.
+func TestWaitReplicas(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	replica := srv.StartReplica()
+	rdb := newClient(t, srv.Addr)
+	cfg := &redisstore.Config{WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond}
+	s := storeOn(t, rdb, cfg, &idem.Options{GCInterval: -1})
+	prefix := s.Backend().(*redisstore.Backend).Prefix()
+
+	l, _, err := s.Begin(ctx, "paid", fp)
+	require.NoError(t, err)
+	require.NoError(t, l.Complete(ctx, []byte("receipt")))
+	onReplica, err := redistest.Command(replica.Addr, "GET", prefix+"paid")
+	require.NoError(t, err)
+	assert.Contains(t, onReplica, "receipt", "Complete returned after the replica had the record")
+
+	replica.Stop()
+	time.Sleep(100 * time.Millisecond) // let the master notice the replica left
+	l, _, err = s.Begin(ctx, "unreplicated", fp)
+	require.NoError(t, err, "claims do not wait for replicas")
+	err = l.Complete(ctx, []byte("receipt 2"))
+	require.ErrorIs(t, err, redisstore.ErrNotReplicated)
+	assert.Contains(t, err.Error(), `idem: complete "unreplicated"`)
+	assert.Contains(t, err.Error(), "0 of 1 replicas")
+	rec, err := s.Get(ctx, "unreplicated")
+	require.NoError(t, err)
+	assert.Equal(t, idem.StateCompleted, rec.State, "the write was made on the master")
+
+	// On a Ring, WAIT runs on the shard that owns the key.
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": srv.Addr}})
+	t.Cleanup(func() { _ = ring.Close() })
+	rs := storeOn(t, ring, cfg, &idem.Options{GCInterval: -1})
+	l, _, err = rs.Begin(ctx, "ring", fp)
+	require.NoError(t, err)
+	err = l.Complete(ctx, []byte("x"))
+	require.ErrorIs(t, err, redisstore.ErrNotReplicated)
+}

@@ -1,0 +1,367 @@
+package redisstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/idemdb/idem"
+)
+
+// DefaultPrefix is the key prefix Open uses and a zero Config.Prefix means.
+const DefaultPrefix = "idem:"
+
+// DefaultWaitTimeout is how long a durable write waits for replicas when
+// Config.WaitReplicas is set and Config.WaitTimeout is zero.
+const DefaultWaitTimeout = time.Second
+
+// ErrNotReplicated is returned by a durable write (Lease.Complete and
+// Lease.Fail) when Config.WaitReplicas is set and fewer replicas than that
+// acknowledged the write within Config.WaitTimeout. The write itself was
+// made on the master and is what every later read sees; only the promise
+// that it survives a failover is missing.
+var ErrNotReplicated = errors.New("write not acknowledged by enough replicas")
+
+// Config configures a Backend. A nil *Config, and every zero field, means
+// the default named in the field's comment.
+type Config struct {
+	// Prefix is put before every idempotency key to make the Redis key, so
+	// that one Redis can hold several stores and other data. Zero means
+	// DefaultPrefix ("idem:"). On Redis Cluster a prefix such as
+	// "idem:{tenant}:" would put every record in one slot, and so on one
+	// node; leave braces out unless that is wanted.
+	Prefix string
+
+	// WaitReplicas makes every durable write (Complete and Fail) wait, with
+	// the Redis WAIT command, until that many replicas acknowledge it, and
+	// fail with ErrNotReplicated when they do not within WaitTimeout. Zero
+	// means no waiting: Complete returns once the master has the record.
+	// Claims (Begin) and Extend never wait: losing one on a failover only
+	// frees the key for a retry after the instance's lease lapses.
+	WaitReplicas int
+
+	// WaitTimeout bounds the wait for replicas. Zero means
+	// DefaultWaitTimeout (1s).
+	WaitTimeout time.Duration
+}
+
+// Backend is the idem.Backend on Redis. Each record is one Redis string
+// key (Config.Prefix + the idempotency key) holding the record's encoded
+// bytes, with a Redis expiry no earlier than the record's own. It is safe
+// for simultaneous use by multiple goroutines; most callers want Open.
+type Backend struct {
+	rdb    redis.UniversalClient
+	prefix string
+	wait   int
+	waitTO time.Duration
+}
+
+var _ idem.Backend = (*Backend)(nil)
+
+// Open returns an idem.Store on rdb with the default Config (prefix
+// "idem:", no WAIT). Passing nil options uses idem's defaults. rdb may be a
+// *redis.Client (standalone or Sentinel failover), a *redis.ClusterClient
+// or a *redis.Ring. Closing the store does not close rdb: the caller owns
+// it and closes it after the store.
+func Open(rdb redis.UniversalClient, opts *idem.Options) (*idem.Store, error) {
+	if rdb == nil {
+		return nil, errors.New("redisstore: open: nil redis client")
+	}
+	return idem.New(NewBackend(rdb, nil), opts)
+}
+
+// NewBackend returns the Redis backend on rdb configured by cfg (nil means
+// the defaults); pass it to idem.New. It does not contact Redis.
+func NewBackend(rdb redis.UniversalClient, cfg *Config) *Backend {
+	var c Config
+	if cfg != nil {
+		c = *cfg
+	}
+	if c.Prefix == "" {
+		c.Prefix = DefaultPrefix
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = DefaultWaitTimeout
+	}
+	return &Backend{rdb: rdb, prefix: c.Prefix, wait: max(c.WaitReplicas, 0), waitTO: c.WaitTimeout}
+}
+
+// Prefix returns the key prefix in use.
+func (b *Backend) Prefix() string { return b.prefix }
+
+// Client returns the Redis client under b.
+func (b *Backend) Client() redis.UniversalClient { return b.rdb }
+
+// casScript is every transition of a record: compare the stored bytes with
+// the caller's old value, and only if they match write the new value (or
+// delete). KEYS[1] is the record's key. ARGV: 1 "1" when an old value is
+// given ("0": the key must be absent), 2 the old value, 3 "1" to write
+// ARGV[4] ("0": delete), 5 the Redis expiry in milliseconds from now.
+// It returns integer 1 when it swapped, integer 0 when it did not and the
+// key is absent, and the stored value when it did not swap.
+var casScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+	if cur ~= ARGV[2] then
+		if cur then return cur end
+		return 0
+	end
+elseif cur then
+	return cur
+end
+if ARGV[3] == '1' then
+	redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+else
+	redis.call('DEL', KEYS[1])
+end
+return 1
+`)
+
+// fail wraps an error from Redis so that it says where it came from; the
+// cause stays reachable with errors.Is (a refused connection, a timeout,
+// context.DeadlineExceeded).
+func fail(op string, err error) error {
+	return fmt.Errorf("redis %s: %w", op, err)
+}
+
+// Load implements idem.Backend with one GET.
+func (b *Backend) Load(ctx context.Context, key string) ([]byte, error) {
+	v, err := b.rdb.Get(ctx, b.prefix+key).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fail("get", err)
+	}
+	return v, nil
+}
+
+// CompareAndSwap implements idem.Backend with one Lua script, so the
+// comparison and the write are one atomic step on the Redis that owns the
+// key: of several instances racing on a key, exactly one swaps. The script
+// runs with EVALSHA and falls back to EVAL when Redis does not have it
+// cached (after a restart, a failover or SCRIPT FLUSH).
+//
+// The Redis expiry is expireAt carried over to a duration from now by this
+// instance's real clock (SET ... PX), so that an offset between this
+// machine's clock and the Redis server's cannot drop a record early.
+//
+// With Config.WaitReplicas, a durable swap is followed by WAIT on the same
+// connection; too few acknowledgements give an error wrapping
+// ErrNotReplicated after the swap was made.
+func (b *Backend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
+	k := b.prefix + key
+	args := casArgs(old, new, expireAt)
+	var res any
+	var err error
+	if durable && b.wait > 0 && new != nil {
+		res, err = b.casAndWait(ctx, k, args)
+	} else {
+		res, err = casScript.Run(ctx, b.rdb, []string{k}, args...).Result()
+	}
+	if err != nil && !errors.Is(err, ErrNotReplicated) {
+		return nil, false, fail("compare-and-swap", err)
+	}
+	cur, swapped, perr := casResult(res)
+	if perr != nil {
+		return nil, false, fail("compare-and-swap", perr)
+	}
+	return cur, swapped, err
+}
+
+func casArgs(old, new []byte, expireAt time.Time) []any {
+	hasOld, hasNew := "0", "0"
+	if old != nil {
+		hasOld = "1"
+	}
+	if new != nil {
+		hasNew = "1"
+	}
+	ms := int64(1)
+	if new != nil {
+		// Round up, and never zero: PX needs a positive expiry.
+		ms = max((time.Until(expireAt) + time.Millisecond - 1).Milliseconds(), 1)
+	}
+	return []any{hasOld, old, hasNew, new, ms}
+}
+
+func casResult(res any) ([]byte, bool, error) {
+	switch v := res.(type) {
+	case int64:
+		return nil, v == 1, nil
+	case string:
+		return []byte(v), false, nil
+	default:
+		return nil, false, fmt.Errorf("unexpected script reply %T", res)
+	}
+}
+
+// casAndWait runs the script and WAIT in one pipeline on the connection of
+// the node that owns k: WAIT counts the replicas that have every write made
+// earlier on its own connection.
+func (b *Backend) casAndWait(ctx context.Context, k string, args []any) (any, error) {
+	node, err := b.nodeFor(ctx, k)
+	if err != nil {
+		return nil, err
+	}
+	res, acked, err := b.pipeWait(ctx, node, k, args, casScript.EvalSha)
+	if redis.HasErrorPrefix(err, "NOSCRIPT") {
+		res, acked, err = b.pipeWait(ctx, node, k, args, casScript.Eval)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if n, swapped := res.(int64); swapped && n == 1 && acked < int64(b.wait) {
+		return res, fmt.Errorf("%w: %d of %d replicas within %v", ErrNotReplicated, acked, b.wait, b.waitTO)
+	}
+	return res, nil
+}
+
+type evalFunc func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd
+
+func (b *Backend) pipeWait(ctx context.Context, node *redis.Client, k string, args []any, eval evalFunc) (any, int64, error) {
+	pipe := node.Pipeline()
+	cas := eval(ctx, pipe, []string{k}, args...)
+	wait := pipe.Do(ctx, "wait", b.wait, b.waitTO.Milliseconds())
+	_, _ = pipe.Exec(ctx)
+	res, err := cas.Result()
+	if err != nil {
+		return nil, 0, err
+	}
+	acked, err := wait.Int64()
+	if err != nil {
+		return nil, 0, err
+	}
+	return res, acked, nil
+}
+
+// nodeFor returns the client of the one server that owns k.
+func (b *Backend) nodeFor(ctx context.Context, k string) (*redis.Client, error) {
+	switch c := b.rdb.(type) {
+	case *redis.Client:
+		return c, nil
+	case *redis.ClusterClient:
+		return c.MasterForKey(ctx, k)
+	case *redis.Ring:
+		return c.GetShardClientForKey(k)
+	default:
+		return nil, fmt.Errorf("Config.WaitReplicas needs a *redis.Client, *redis.ClusterClient or *redis.Ring, not %T", b.rdb)
+	}
+}
+
+// Delete implements idem.Backend with one DEL.
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	if err := b.rdb.Del(ctx, b.prefix+key).Err(); err != nil {
+		return fail("del", err)
+	}
+	return nil
+}
+
+// scanBatch is the COUNT hint of each SCAN call, and so the most keys
+// whose values are fetched in one pipeline.
+const scanBatch = 256
+
+// Scan implements idem.Backend with SCAN over keys matching the prefix,
+// fetching each batch's values in one pipeline. On a Redis Cluster it
+// scans every master in turn, on a Ring every shard. Keys come in no
+// particular order, and as with SCAN itself a key may be seen twice when
+// Redis rehashes during the scan; a key deleted or expired between SCAN
+// and its read is skipped.
+func (b *Backend) Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error {
+	nodes, err := b.nodes(ctx)
+	if err != nil {
+		return fail("scan", err)
+	}
+	match := globEscape(b.prefix+prefix) + "*"
+	for _, n := range nodes {
+		if err := b.scanNode(ctx, n, match, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nodes returns the clients to scan: every master of a cluster, every
+// shard of a ring, or the client itself.
+func (b *Backend) nodes(ctx context.Context) ([]redis.UniversalClient, error) {
+	var mu sync.Mutex // protects nodes: ForEachMaster calls collect concurrently
+	var nodes []redis.UniversalClient
+	collect := func(_ context.Context, c *redis.Client) error {
+		mu.Lock()
+		defer mu.Unlock()
+		nodes = append(nodes, c)
+		return nil
+	}
+	var err error
+	switch c := b.rdb.(type) {
+	case *redis.ClusterClient:
+		err = c.ForEachMaster(ctx, collect)
+	case *redis.Ring:
+		err = c.ForEachShard(ctx, collect)
+	default:
+		return []redis.UniversalClient{b.rdb}, nil
+	}
+	return nodes, err
+}
+
+func (b *Backend) scanNode(ctx context.Context, n redis.UniversalClient, match string, fn func(key string, value []byte) error) error {
+	var cursor uint64
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		keys, next, err := n.Scan(ctx, cursor, match, scanBatch).Result()
+		if err != nil {
+			return fail("scan", err)
+		}
+		if len(keys) > 0 {
+			pipe := n.Pipeline()
+			gets := make([]*redis.StringCmd, len(keys))
+			for i, k := range keys {
+				gets[i] = pipe.Get(ctx, k)
+			}
+			if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+				return fail("scan", err)
+			}
+			for i, k := range keys {
+				v, err := gets[i].Bytes()
+				if errors.Is(err, redis.Nil) {
+					continue
+				}
+				if err != nil {
+					return fail("scan", err)
+				}
+				if err := fn(strings.TrimPrefix(k, b.prefix), v); err != nil {
+					return err
+				}
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
+}
+
+// globEscape quotes the characters SCAN's MATCH pattern treats specially.
+func globEscape(s string) string {
+	var sb strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			sb.WriteByte('\\')
+		}
+		sb.WriteRune(r)
+	}
+	return sb.String()
+}
+
+// Close implements idem.Backend. It does not close the Redis client, which
+// belongs to the caller (it may be shared with the rest of the service);
+// close it after the store.
+func (b *Backend) Close() error { return nil }
