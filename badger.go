@@ -158,27 +158,30 @@ func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new
 		}
 		var current []byte
 		swapped := false
-		err := b.db.Update(func(txn *badger.Txn) error {
-			item, err := txn.Get(k)
-			switch {
-			case errors.Is(err, badger.ErrKeyNotFound):
-			case err != nil:
-				return err
-			default:
-				if current, err = item.ValueCopy(nil); err != nil {
+		err := blockedRetry(ctx, func() error {
+			current, swapped = nil, false
+			return b.db.Update(func(txn *badger.Txn) error {
+				item, err := txn.Get(k)
+				switch {
+				case errors.Is(err, badger.ErrKeyNotFound):
+				case err != nil:
 					return err
+				default:
+					if current, err = item.ValueCopy(nil); err != nil {
+						return err
+					}
 				}
-			}
-			if (current == nil) != (old == nil) || !bytes.Equal(current, old) {
-				return nil
-			}
-			swapped = true
-			if new == nil {
-				return txn.Delete(k)
-			}
-			e := badger.NewEntry(k, new)
-			e.ExpiresAt = uint64(expireAt.Unix())
-			return txn.SetEntry(e)
+				if (current == nil) != (old == nil) || !bytes.Equal(current, old) {
+					return nil
+				}
+				swapped = true
+				if new == nil {
+					return txn.Delete(k)
+				}
+				e := badger.NewEntry(k, new)
+				e.ExpiresAt = uint64(expireAt.Unix())
+				return txn.SetEntry(e)
+			})
 		})
 		if errors.Is(err, badger.ErrConflict) {
 			continue
@@ -203,7 +206,9 @@ func (b *BadgerBackend) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return b.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey(key)) })
+	return blockedRetry(ctx, func() error {
+		return b.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey(key)) })
+	})
 }
 
 // Scan implements Backend. It iterates in key order over one read

@@ -3,29 +3,135 @@ package idem
 import (
 	"context"
 	"errors"
+	"fmt"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
 )
 
+// How disk space comes back after mass expiry, on Badger v4.
+//
+// Badger drops an expired entry only when a compaction rewrites the table
+// holding it into the last level with no overlapping table below. With no
+// new writes nothing triggers that: the memtable is flushed only when full
+// (its .mem file keeps the expired entries forever), Flatten does nothing
+// when one level holds all the data, value-log GC never sees records below
+// the value threshold (all of ours), and the bottom level's own compaction
+// skips tables younger than an hour or with little data known to be stale
+// (staleness is recorded when a table is built, not when its entries
+// expire). Waiting, or closing and reopening, reclaims nothing.
+//
+// What works (measured: 500k–1M expired records, 77–409 MB allocated,
+// back to under 1 MB in 0.3–1 s, random or sequential keys alike):
+//
+//  1. write and delete two marker keys at both ends of the keyspace, so
+//     that the next table flushed overlaps every table below it;
+//  2. flush every memtable to level 0 and compact it into the base level:
+//     DropPrefix of a sentinel key does both (it needs one live key with
+//     the prefix, or it does nothing);
+//  3. Flatten: now that two levels hold data, it compacts into the last
+//     level, and there expired entries and tombstones are dropped.
+//
+// The whole LSM tree is rewritten, so reclaim runs only when the tables
+// hold much more than the live records (see shouldReclaim). While
+// DropPrefix runs, Badger refuses commits with ErrBlockedWrites for a
+// moment; CompareAndSwap and Delete wait and retry.
+var (
+	gcLowMarker  = []byte("\x00gc-low")  // sorts before every record key ("r...")
+	gcHighMarker = []byte("\xffgc-high") // and after
+	gcSentinel   = []byte("\xffgc-sentinel")
+)
+
+// reclaimFloor is the table size under which reclaim is not worth a
+// rewrite of the tree.
+const reclaimFloor = 4 << 20
+
 // CollectGarbage implements GarbageCollector: value-log GC until Badger has
-// nothing left to rewrite, then a compaction of every level so that tables
-// holding only expired entries are rewritten, which is the only moment
-// Badger drops expired entries from disk.
-func (b *BadgerBackend) CollectGarbage(ctx context.Context) (before, after int64, err error) {
+// nothing to rewrite, then, when the tables hold more than twice as many
+// entries as there are live records, the reclaim procedure described
+// above. live is the number of live records the store's sweep counted.
+func (b *BadgerBackend) CollectGarbage(ctx context.Context, live int) (before, after int64, err error) {
 	before = b.DiskUsage()
+	defer func() { after = b.DiskUsage() }()
 	for ctx.Err() == nil {
 		if err := b.db.RunValueLogGC(0.5); err != nil {
 			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
-				return before, b.DiskUsage(), err
+				return before, 0, fmt.Errorf("value-log gc: %w", err)
 			}
 			break
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return before, b.DiskUsage(), err
+		return before, 0, err
 	}
-	if err := b.db.Flatten(1); err != nil {
-		return before, b.DiskUsage(), err
+	if !b.shouldReclaim(live) {
+		return before, 0, nil
 	}
-	return before, b.DiskUsage(), nil
+	if err := b.reclaim(); err != nil {
+		return before, 0, fmt.Errorf("reclaim: %w", err)
+	}
+	return before, 0, nil
+}
+
+// shouldReclaim reports whether the tables (including the memtables, whose
+// files count as disk use) hold many more entries than live records: the
+// table key counts include expired entries and tombstones, which a sweep
+// does not see.
+func (b *BadgerBackend) shouldReclaim(live int) bool {
+	var keys uint64
+	var size int64
+	for _, t := range b.db.Tables() {
+		keys += uint64(t.KeyCount)
+		size += int64(t.OnDiskSize)
+	}
+	if size < reclaimFloor {
+		// Most of the disk may be in memtables not yet flushed: flush when
+		// the directory is large and the live records few.
+		return b.DiskUsage() > 8*reclaimFloor && live < 1000
+	}
+	return keys > 2*uint64(live)+1000
+}
+
+func (b *BadgerBackend) reclaim() error {
+	err := b.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Set(gcLowMarker, nil); err != nil {
+			return err
+		}
+		return txn.Set(gcHighMarker, nil)
+	})
+	if err != nil {
+		return err
+	}
+	err = b.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Delete(gcLowMarker); err != nil {
+			return err
+		}
+		return txn.Delete(gcHighMarker)
+	})
+	if err != nil {
+		return err
+	}
+	if err := b.db.Update(func(txn *badger.Txn) error { return txn.Set(gcSentinel, nil) }); err != nil {
+		return err
+	}
+	if err := b.db.DropPrefix(gcSentinel); err != nil {
+		return err
+	}
+	return b.db.Flatten(2)
+}
+
+// blockedRetry runs fn again while Badger refuses writes for a moment
+// (ErrBlockedWrites, during reclaim's DropPrefix), until ctx ends.
+func blockedRetry(ctx context.Context, fn func() error) error {
+	for {
+		err := fn()
+		if !errors.Is(err, badger.ErrBlockedWrites) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%v)", ctx.Err(), err)
+		case <-time.After(time.Millisecond):
+		}
+	}
 }
