@@ -4,7 +4,10 @@ package main
 
 import (
 	"encoding/json"
+	"net/http"
 	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -110,4 +113,55 @@ func TestStoreFlags(t *testing.T) {
 	assert.Equal(t, 1, r.code)
 	assert.Contains(t, r.stderr, "no Redis at redis://:xxxxx@127.0.0.1:1/0")
 	assert.NotContains(t, r.stderr, "s3cret", "passwords stay out of messages")
+}
+
+// TestDemoRedis runs idem demo on a real redis-server: one charge per key
+// and exit code 0. Without -redis-prefix it works under a fresh prefix and
+// leaves nothing behind, so it can run again; with one, its records stay
+// for the other commands to see.
+func TestDemoRedis(t *testing.T) {
+	redisSrv := redistest.Start(t)
+	for range 2 {
+		r := idemCmd(t, "", "demo", "-redis", redisSrv.Addr)
+		require.Equal(t, 0, r.code, "%s\n%s", r.stdout, r.stderr)
+		assert.Regexp(t, `\(Redis at `+regexp.QuoteMeta(redisSrv.Addr)+`, prefix "idem:demo-\w+:"\)`, r.stdout)
+		assert.Equal(t, 2, strings.Count(r.stdout, "Charges made: 1\n"), r.stdout)
+		assert.Contains(t, r.stdout, "Attempt 2: completed (duplicate, returned cached): 201 Created, payment pay_000001")
+		assert.Contains(t, r.stdout, `Charges made for "order-9c21-payment": 1`)
+		n, err := redistest.Command(redisSrv.Addr, "DBSIZE")
+		require.NoError(t, err)
+		assert.Equal(t, "0", n, "the demo's records are deleted")
+	}
+
+	r := idemCmd(t, "", "demo", "-redis", redisSrv.Addr, "-redis-prefix", "demo:")
+	require.Equal(t, 0, r.code, "%s\n%s", r.stdout, r.stderr)
+	assert.Equal(t, 2, strings.Count(r.stdout, "Charges made: 1\n"), r.stdout)
+	r = idemCmd(t, "", "list", "-redis", redisSrv.Addr, "-redis-prefix", "demo:", "-state", "completed")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, ":order-7f3a-payment")
+	assert.Contains(t, r.stdout, ":order-9c21-payment")
+}
+
+// TestServeRedis runs idem serve on a real redis-server: the payment is
+// made once, replayed to the retry, and its record is in Redis under the
+// prefix for the other commands to read.
+func TestServeRedis(t *testing.T) {
+	redisSrv := redistest.Start(t)
+	addr := freeAddr(t)
+	logs := startServe(t, serveConfig{store: &storeFlags{redis: redisSrv.Addr, redisPrefix: "pay:", defaultData: "idem-data"}, addr: addr})
+	assert.Contains(t, logs.String(), `store="Redis at `+redisSrv.Addr+`, prefix \"pay:\""`)
+
+	resp, first := postPayment(t, addr, "order-1")
+	require.Equal(t, http.StatusCreated, resp.StatusCode, string(first))
+	resp, again := postPayment(t, addr, "order-1")
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	assert.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	assert.Equal(t, first, again)
+
+	r := idemCmd(t, "", "list", "-redis", redisSrv.Addr, "-redis-prefix", "pay:", "-json")
+	require.Equal(t, 0, r.code, r.stderr)
+	var rec recordJSON
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rec), r.stdout)
+	assert.True(t, strings.HasSuffix(rec.Key, ":order-1"), rec.Key)
+	assert.Equal(t, "completed", rec.State)
 }

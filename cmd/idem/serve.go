@@ -28,30 +28,41 @@ func init() {
 		name:    "serve",
 		summary: "run a small payments API behind the Idempotency-Key middleware",
 		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
-			data := fs.String("data", "idem-data", "data directory of the embedded store")
-			addr := fs.String("addr", "127.0.0.1:8080", "address to listen on")
+			cfg := serveConfig{store: addStoreFlags(fs)}
+			cfg.store.defaultData = "idem-data"
+			fs.Lookup("data").Usage = "data directory `DIR` of the embedded store (default idem-data, unless -redis is given)"
+			fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "address to listen on")
 			return func(args []string, _, stderr io.Writer) error {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
+				if err := cfg.store.check(); err != nil {
+					return err
+				}
 				ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
-				return serve(ctx, *data, *addr, stderr)
+				return serve(ctx, cfg, stderr)
 			}
 		},
 	})
 }
 
-// serve runs the payments API on addr until ctx ends.
-func serve(ctx context.Context, dir, addr string, stderr io.Writer) error {
+// serveConfig is what idem serve runs.
+type serveConfig struct {
+	store *storeFlags // the embedded store or Redis
+	addr  string      // the payments API's listen address
+}
+
+// serve runs the payments API until ctx ends.
+func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	s, err := idem.Open(dir, &idem.Options{Logger: log})
+	s, err := cfg.store.open(&idem.Options{Logger: log})
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 
-	ln, err := net.Listen("tcp", addr)
+	ln, err := net.Listen("tcp", cfg.addr)
 	if err != nil {
 		return err
 	}
@@ -60,7 +71,7 @@ func serve(ctx context.Context, dir, addr string, stderr io.Writer) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
 	}
-	log.Info("idem serve: listening", "addr", ln.Addr().String(), "data", dir)
+	log.Info("idem serve: listening", "addr", ln.Addr().String(), "store", cfg.store.String())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

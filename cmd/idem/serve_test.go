@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +21,7 @@ import (
 
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
-	require.NoError(t, demo(t.TempDir(), &out))
+	require.NoError(t, demo(&storeFlags{data: t.TempDir()}, &out))
 	s := out.String()
 	require.Contains(t, s, "Attempt 1: no reply")
 	require.Contains(t, s, "Attempt 2: completed (duplicate, returned cached): 201 Created, payment pay_000001")
@@ -93,9 +95,85 @@ func TestServeStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	var logs bytes.Buffer
-	go func() { done <- serve(ctx, t.TempDir(), "127.0.0.1:0", &logs) }()
+	go func() {
+		done <- serve(ctx, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: "127.0.0.1:0"}, &logs)
+	}()
 	time.Sleep(100 * time.Millisecond)
 	cancel()
 	require.NoError(t, <-done)
 	require.Contains(t, logs.String(), "listening")
+}
+
+// lockedBuffer is a bytes.Buffer safe for a server's goroutines to log to
+// while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startServe runs serve with cfg until the test ends, when it checks that
+// serve stopped cleanly, and returns once cfg.addr answers. The server
+// logs into the returned buffer.
+func startServe(t *testing.T, cfg serveConfig) *lockedBuffer {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	logs := &lockedBuffer{}
+	go func() { done <- serve(ctx, cfg, logs) }()
+	t.Cleanup(func() {
+		cancel()
+		require.NoError(t, <-done, logs.String())
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + cfg.addr + "/payments/none")
+		if err == nil {
+			resp.Body.Close()
+			require.Equal(t, http.StatusNotFound, resp.StatusCode)
+			return logs
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended: %v\n%s", err, logs)
+		default:
+		}
+		require.True(t, time.Now().Before(deadline), "serve did not answer on %s: %v\n%s", cfg.addr, err, logs)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// postPayment sends one payment with key to the server at addr.
+func postPayment(t *testing.T, addr, key string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/payments", strings.NewReader(`{"amount":5000,"currency":"USD"}`))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Authorization", "Bearer test")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, b
 }
