@@ -143,12 +143,12 @@ func TestDemoRedis(t *testing.T) {
 }
 
 // TestServeRedis runs idem serve on a real redis-server: the payment is
-// made once, replayed to the retry, and its record is in Redis under the
-// prefix for the other commands to read.
+// made once, replayed to the retry, reported by the admin endpoint, and
+// its record is in Redis under the prefix for the other commands to read.
 func TestServeRedis(t *testing.T) {
 	redisSrv := redistest.Start(t)
-	addr := freeAddr(t)
-	logs := startServe(t, serveConfig{store: &storeFlags{redis: redisSrv.Addr, redisPrefix: "pay:", defaultData: "idem-data"}, addr: addr})
+	addr, admin := freeAddr(t), freeAddr(t)
+	logs, _ := startServe(t, serveConfig{store: &storeFlags{redis: redisSrv.Addr, redisPrefix: "pay:", defaultData: "idem-data"}, addr: addr, admin: admin})
 	assert.Contains(t, logs.String(), `store="Redis at `+redisSrv.Addr+`, prefix \"pay:\""`)
 
 	resp, first := postPayment(t, addr, "order-1")
@@ -157,6 +157,7 @@ func TestServeRedis(t *testing.T) {
 	require.Equal(t, http.StatusCreated, resp.StatusCode)
 	assert.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
 	assert.Equal(t, first, again)
+	checkAdmin(t, admin)
 
 	r := idemCmd(t, "", "list", "-redis", redisSrv.Addr, "-redis-prefix", "pay:", "-json")
 	require.Equal(t, 0, r.code, r.stderr)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
@@ -132,26 +133,30 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startServe runs serve with cfg until the test ends, when it checks that
-// serve stopped cleanly, and returns once cfg.addr answers. The server
-// logs into the returned buffer.
-func startServe(t *testing.T, cfg serveConfig) *lockedBuffer {
+// startServe runs serve with cfg and returns once cfg.addr answers. stop
+// ends it and checks that it stopped cleanly; the test's end calls it too.
+// The server logs into the returned buffer.
+func startServe(t *testing.T, cfg serveConfig) (logs *lockedBuffer, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs := &lockedBuffer{}
+	logs = &lockedBuffer{}
 	go func() { done <- serve(ctx, cfg, logs) }()
-	t.Cleanup(func() {
-		cancel()
-		require.NoError(t, <-done, logs.String())
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done, logs.String())
+		})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, err := http.Get("http://" + cfg.addr + "/payments/none")
 		if err == nil {
 			resp.Body.Close()
 			require.Equal(t, http.StatusNotFound, resp.StatusCode)
-			return logs
+			return logs, stop
 		}
 		select {
 		case err := <-done:
@@ -161,6 +166,83 @@ func startServe(t *testing.T, cfg serveConfig) *lockedBuffer {
 		require.True(t, time.Now().Before(deadline), "serve did not answer on %s: %v\n%s", cfg.addr, err, logs)
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// getBody fetches url and returns its status and body.
+func getBody(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// checkAdmin checks the admin endpoint at admin after one payment (one
+// lease, completed) and one replay made through the server.
+func checkAdmin(t *testing.T, admin string) {
+	t.Helper()
+	code, metrics := getBody(t, "http://"+admin+"/metrics")
+	require.Equal(t, http.StatusOK, code, metrics)
+	for _, m := range []string{
+		`idem_requests_total{outcome="lease"} 1`,
+		`idem_requests_total{outcome="replay"} 1`,
+		`idem_leases_ended_total{how="completed"} 1`,
+		`idem_records{state="completed"} 1`,
+		`idem_operation_duration_seconds_count{op="begin",outcome="lease"} 1`,
+		`idem_operation_duration_seconds_count{op="complete",outcome="ok"} 1`,
+	} {
+		assert.Contains(t, metrics, m+"\n")
+	}
+
+	code, body := getBody(t, "http://"+admin+"/admin/stats")
+	require.Equal(t, http.StatusOK, code, body)
+	var st statsJSON
+	require.NoError(t, json.Unmarshal([]byte(body), &st), body)
+	assert.Equal(t, map[string]int{"in-progress": 0, "completed": 1, "failed": 0}, st.Records)
+	require.NotNil(t, st.Counters, body)
+	assert.Equal(t, uint64(1), st.Counters.Leases)
+	assert.Equal(t, uint64(1), st.Counters.Replays)
+
+	code, _ = getBody(t, "http://"+admin+"/payments/none")
+	assert.Equal(t, http.StatusNotFound, code, "the API is not on the admin address")
+}
+
+// TestServeAdmin runs idem serve with -admin on free loopback ports: after
+// a payment and its replay, /metrics and /admin/stats report them, and the
+// admin endpoint stops with the server.
+func TestServeAdmin(t *testing.T) {
+	addr, admin := freeAddr(t), freeAddr(t)
+	logs, stop := startServe(t, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: admin})
+	assert.Contains(t, logs.String(), "server=admin addr="+admin)
+	code, _ := getBody(t, "http://"+addr+"/metrics")
+	assert.Equal(t, http.StatusNotFound, code, "metrics are not on the public address")
+
+	resp, first := postPayment(t, addr, "order-1")
+	require.Equal(t, http.StatusCreated, resp.StatusCode, string(first))
+	resp, _ = postPayment(t, addr, "order-1")
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	checkAdmin(t, admin)
+
+	stop()
+	_, err := http.Get("http://" + admin + "/metrics")
+	require.Error(t, err, "the admin endpoint stops with the server")
+	assert.Contains(t, logs.String(), "shutting down")
+}
+
+// TestServeAdminBusy: an admin address that is taken is an error naming
+// it, and the API does not start without it.
+func TestServeAdminBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	addr := freeAddr(t)
+	err = serve(context.Background(), serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: ln.Addr().String()}, io.Discard)
+	require.ErrorContains(t, err, "admin: listen tcp "+ln.Addr().String())
+	l2, err := net.Listen("tcp", addr)
+	require.NoError(t, err, "the API's listener was closed")
+	l2.Close()
 }
 
 // postPayment sends one payment with key to the server at addr.
