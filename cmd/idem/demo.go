@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -15,7 +16,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/redisstore"
 )
 
 func init() {
@@ -23,12 +24,14 @@ func init() {
 		name:    "demo",
 		summary: "pay 5000 USD three times over HTTP with one key and a flaky network: one charge",
 		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
-			data := fs.String("data", "", "data directory (default: a fresh temporary one, removed afterwards)")
+			sf := addStoreFlags(fs)
+			fs.Lookup("data").Usage = "data directory `DIR` (default: a fresh temporary one, removed afterwards)"
+			fs.Lookup("redis-prefix").Usage = "Redis key `PREFIX`, with -redis (default: a fresh one under \"" + redisstore.DefaultPrefix + "demo-\", its records deleted afterwards)"
 			return func(args []string, stdout, _ io.Writer) error {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
-				return demo(*data, stdout)
+				return demo(sf, stdout)
 			}
 		},
 	})
@@ -105,20 +108,37 @@ func pay(ctx context.Context, c *http.Client, url, key string, amount int) (repl
 	return reply{resp.StatusCode, resp.Header.Get("Idempotent-Replayed") == "true", b, resp.Header}, err
 }
 
-func demo(dir string, w io.Writer) error {
-	if dir == "" {
+// demo runs the demo on the store sf names. Without -data or -redis it
+// uses a temporary directory; with -redis but no -redis-prefix, a fresh
+// prefix. Either is removed afterwards, so that the demo can run again:
+// on a store it ran on before, the first attempt would be a replay.
+func demo(sf *storeFlags, w io.Writer) (err error) {
+	f := *sf
+	fresh := false
+	switch {
+	case f.data == "" && f.redis == "":
 		tmp, err := os.MkdirTemp("", "idem-demo-")
 		if err != nil {
 			return err
 		}
 		defer os.RemoveAll(tmp)
-		dir = tmp
+		f.data = tmp
+	case f.redis != "" && f.redisPrefix == "":
+		f.redisPrefix = fmt.Sprintf("%sdemo-%s:", redisstore.DefaultPrefix, rand.Text()[:10])
+		fresh = true
 	}
-	s, err := idem.Open(dir, nil)
+	s, err := f.open(nil)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
+	if fresh {
+		defer func() {
+			if _, perr := purge(context.Background(), s, ""); perr != nil {
+				err = errors.Join(err, fmt.Errorf("removing the demo's records under %q: %w", f.redisPrefix, perr))
+			}
+		}()
+	}
 
 	// The payments API of `idem serve`, on a loopback port.
 	api := newPaymentsAPI()
@@ -138,7 +158,7 @@ func demo(dir string, w io.Writer) error {
 	client := &http.Client{Transport: base}
 
 	const key = "order-7f3a-payment"
-	fmt.Fprintf(w, "Paying 5000 USD with idempotency key %q to %s (store: %s)\n", key, url, dir)
+	fmt.Fprintf(w, "Paying 5000 USD with idempotency key %q to %s (%s)\n", key, url, &f)
 	for attempt := 1; attempt <= 3; attempt++ {
 		r, err := pay(ctx, flaky, url, key, 5000)
 		if errors.Is(err, errDropped) {

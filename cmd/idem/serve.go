@@ -19,8 +19,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemhttp"
+	"github.com/idemdb/idem/idemprom"
 )
 
 func init() {
@@ -28,56 +31,115 @@ func init() {
 		name:    "serve",
 		summary: "run a small payments API behind the Idempotency-Key middleware",
 		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
-			data := fs.String("data", "idem-data", "data directory of the embedded store")
-			addr := fs.String("addr", "127.0.0.1:8080", "address to listen on")
+			cfg := serveConfig{store: addStoreFlags(fs)}
+			cfg.store.defaultData = "idem-data"
+			fs.Lookup("data").Usage = "data directory `DIR` of the embedded store (default idem-data, unless -redis is given)"
+			fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "address to listen on")
+			fs.StringVar(&cfg.admin, "admin", "", "serve /metrics (Prometheus) and the read-only /admin/stats and /admin/records/{key} on `ADDR`, "+
+				"a private address of its own (default: off)")
 			return func(args []string, _, stderr io.Writer) error {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
+				if err := cfg.store.check(); err != nil {
+					return err
+				}
 				ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
-				return serve(ctx, *data, *addr, stderr)
+				return serve(ctx, cfg, stderr)
 			}
 		},
 	})
 }
 
-// serve runs the payments API on addr until ctx ends.
-func serve(ctx context.Context, dir, addr string, stderr io.Writer) error {
+// serveConfig is what idem serve runs.
+type serveConfig struct {
+	store *storeFlags // the embedded store or Redis
+	addr  string      // the payments API's listen address
+	admin string      // the admin endpoint's listen address; "" means none
+}
+
+// serve runs the payments API, and the admin endpoint when cfg.admin is
+// set, until ctx ends or one of them fails; then it shuts both down and
+// closes the store.
+func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	s, err := idem.Open(dir, &idem.Options{Logger: log})
+	opts := &idem.Options{Logger: log}
+	var reg *prometheus.Registry
+	if cfg.admin != "" {
+		lat := idemprom.NewLatency()
+		opts.Observer = lat
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(lat)
+	}
+	s, err := cfg.store.open(opts)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
 
-	ln, err := net.Listen("tcp", addr)
+	type server struct {
+		name string
+		ln   net.Listener
+		srv  *http.Server
+	}
+	newServer := func(name, addr string, h http.Handler) (server, error) {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return server{}, fmt.Errorf("%s: %w", name, err)
+		}
+		return server{name, ln, &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 10 * time.Second,
+			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
+		}}, nil
+	}
+	api, err := newServer("api", cfg.addr, newServeHandler(s, newPaymentsAPI(), log))
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           newServeHandler(s, newPaymentsAPI(), log),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
+	servers := []server{api}
+	if cfg.admin != "" {
+		reg.MustRegister(idemprom.NewCollector(s, nil))
+		admin, err := newServer("admin", cfg.admin, adminHandler(s, reg))
+		if err != nil {
+			api.ln.Close()
+			return err
+		}
+		servers = append(servers, admin)
 	}
-	log.Info("idem serve: listening", "addr", ln.Addr().String(), "data", dir)
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+
+	errc := make(chan error, len(servers))
+	for _, sv := range servers {
+		log.Info("idem serve: listening", "server", sv.name, "addr", sv.ln.Addr().String(), "store", cfg.store.String())
+		go func() {
+			if err := sv.srv.Serve(sv.ln); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s: %w", sv.name, err)
+				return
+			}
+			errc <- nil
+		}()
+	}
+	running := len(servers)
+	var errs []error
 	select {
-	case err := <-errc:
-		return err
+	case err := <-errc: // one stopped on its own: stop the others too
+		errs = append(errs, err)
+		running--
 	case <-ctx.Done():
 	}
 	log.Info("idem serve: shutting down")
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(shutCtx); err != nil {
-		return err
+	for _, sv := range servers {
+		if err := sv.srv.Shutdown(shutCtx); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", sv.name, err))
+		}
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
+	for ; running > 0; running-- {
+		errs = append(errs, <-errc)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // paymentsTTL is how long payment outcomes are replayed.

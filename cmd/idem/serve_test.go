@@ -6,12 +6,15 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
@@ -19,7 +22,7 @@ import (
 
 func TestDemo(t *testing.T) {
 	var out bytes.Buffer
-	require.NoError(t, demo(t.TempDir(), &out))
+	require.NoError(t, demo(&storeFlags{data: t.TempDir()}, &out))
 	s := out.String()
 	require.Contains(t, s, "Attempt 1: no reply")
 	require.Contains(t, s, "Attempt 2: completed (duplicate, returned cached): 201 Created, payment pay_000001")
@@ -93,9 +96,166 @@ func TestServeStops(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	var logs bytes.Buffer
-	go func() { done <- serve(ctx, t.TempDir(), "127.0.0.1:0", &logs) }()
+	go func() {
+		done <- serve(ctx, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: "127.0.0.1:0"}, &logs)
+	}()
 	time.Sleep(100 * time.Millisecond)
 	cancel()
 	require.NoError(t, <-done)
 	require.Contains(t, logs.String(), "listening")
+}
+
+// lockedBuffer is a bytes.Buffer safe for a server's goroutines to log to
+// while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex // protects b
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// freeAddr returns a loopback address nothing listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startServe runs serve with cfg and returns once cfg.addr answers. stop
+// ends it and checks that it stopped cleanly; the test's end calls it too.
+// The server logs into the returned buffer.
+func startServe(t *testing.T, cfg serveConfig) (logs *lockedBuffer, stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	logs = &lockedBuffer{}
+	go func() { done <- serve(ctx, cfg, logs) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done, logs.String())
+		})
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get("http://" + cfg.addr + "/payments/none")
+		if err == nil {
+			resp.Body.Close()
+			require.Equal(t, http.StatusNotFound, resp.StatusCode)
+			return logs, stop
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve ended: %v\n%s", err, logs)
+		default:
+		}
+		require.True(t, time.Now().Before(deadline), "serve did not answer on %s: %v\n%s", cfg.addr, err, logs)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// getBody fetches url and returns its status and body.
+func getBody(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(b)
+}
+
+// checkAdmin checks the admin endpoint at admin after one payment (one
+// lease, completed) and one replay made through the server.
+func checkAdmin(t *testing.T, admin string) {
+	t.Helper()
+	code, metrics := getBody(t, "http://"+admin+"/metrics")
+	require.Equal(t, http.StatusOK, code, metrics)
+	for _, m := range []string{
+		`idem_requests_total{outcome="lease"} 1`,
+		`idem_requests_total{outcome="replay"} 1`,
+		`idem_leases_ended_total{how="completed"} 1`,
+		`idem_records{state="completed"} 1`,
+		`idem_operation_duration_seconds_count{op="begin",outcome="lease"} 1`,
+		`idem_operation_duration_seconds_count{op="complete",outcome="ok"} 1`,
+	} {
+		assert.Contains(t, metrics, m+"\n")
+	}
+
+	code, body := getBody(t, "http://"+admin+"/admin/stats")
+	require.Equal(t, http.StatusOK, code, body)
+	var st statsJSON
+	require.NoError(t, json.Unmarshal([]byte(body), &st), body)
+	assert.Equal(t, map[string]int{"in-progress": 0, "completed": 1, "failed": 0}, st.Records)
+	require.NotNil(t, st.Counters, body)
+	assert.Equal(t, uint64(1), st.Counters.Leases)
+	assert.Equal(t, uint64(1), st.Counters.Replays)
+
+	code, _ = getBody(t, "http://"+admin+"/payments/none")
+	assert.Equal(t, http.StatusNotFound, code, "the API is not on the admin address")
+}
+
+// TestServeAdmin runs idem serve with -admin on free loopback ports: after
+// a payment and its replay, /metrics and /admin/stats report them, and the
+// admin endpoint stops with the server.
+func TestServeAdmin(t *testing.T) {
+	addr, admin := freeAddr(t), freeAddr(t)
+	logs, stop := startServe(t, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: admin})
+	assert.Contains(t, logs.String(), "server=admin addr="+admin)
+	code, _ := getBody(t, "http://"+addr+"/metrics")
+	assert.Equal(t, http.StatusNotFound, code, "metrics are not on the public address")
+
+	resp, first := postPayment(t, addr, "order-1")
+	require.Equal(t, http.StatusCreated, resp.StatusCode, string(first))
+	resp, _ = postPayment(t, addr, "order-1")
+	require.Equal(t, "true", resp.Header.Get("Idempotent-Replayed"))
+	checkAdmin(t, admin)
+
+	stop()
+	_, err := http.Get("http://" + admin + "/metrics")
+	require.Error(t, err, "the admin endpoint stops with the server")
+	assert.Contains(t, logs.String(), "shutting down")
+}
+
+// TestServeAdminBusy: an admin address that is taken is an error naming
+// it, and the API does not start without it.
+func TestServeAdminBusy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	addr := freeAddr(t)
+	err = serve(context.Background(), serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: ln.Addr().String()}, io.Discard)
+	require.ErrorContains(t, err, "admin: listen tcp "+ln.Addr().String())
+	l2, err := net.Listen("tcp", addr)
+	require.NoError(t, err, "the API's listener was closed")
+	l2.Close()
+}
+
+// postPayment sends one payment with key to the server at addr.
+func postPayment(t *testing.T, addr, key string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/payments", strings.NewReader(`{"amount":5000,"currency":"USD"}`))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Authorization", "Bearer test")
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp, b
 }

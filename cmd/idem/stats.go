@@ -109,7 +109,11 @@ func printStats(w io.Writer, st *statsJSON) error {
 	} else {
 		fmt.Fprintf(tw, "oldest in-progress:\t-\n")
 	}
-	fmt.Fprintf(tw, "disk:\t%s\n", bytesize(st.DiskBytes))
+	if st.DiskBytes > 0 {
+		fmt.Fprintf(tw, "disk:\t%s\n", bytesize(st.DiskBytes))
+	} else {
+		fmt.Fprintf(tw, "disk:\t-\t(not reported by this backend)\n") // Redis
+	}
 	if c := st.Counters; c != nil {
 		fmt.Fprintf(tw, "\nsince the server started:\t\n")
 		for _, row := range []struct {

@@ -1,26 +1,84 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/redisstore"
 )
 
-// storeFlags say which store a command works on. Every command that opens
-// a store registers them with addStoreFlags and opens it with openStore.
+// storeFlags say which store a command works on: a Badger data directory
+// or a Redis server. Every command that opens a store registers them with
+// addStoreFlags and opens it with openStore.
 type storeFlags struct {
-	data string // Badger data directory
+	data        string // Badger data directory
+	redis       string // Redis address or URL
+	redisPrefix string // Redis key prefix; "" means redisstore.DefaultPrefix
+	defaultData string // data directory used when neither -data nor -redis is given; "" means one is required
 }
 
 func addStoreFlags(fs *flag.FlagSet) *storeFlags {
 	f := &storeFlags{}
-	fs.StringVar(&f.data, "data", "", "data directory of the Badger store (required)")
+	fs.StringVar(&f.data, "data", "", "data directory `DIR` of the Badger store (this or -redis is required)")
+	fs.StringVar(&f.redis, "redis", "", "use the Redis store at `ADDR` (host:port, or a redis:// or rediss:// URL for a password, database or TLS) instead of -data")
+	fs.StringVar(&f.redisPrefix, "redis-prefix", "", "Redis key `PREFIX` of the store, with -redis (default \""+redisstore.DefaultPrefix+"\")")
 	return f
+}
+
+// Timeouts of the Redis client. Context deadlines also apply to socket
+// reads and writes (ContextTimeoutEnabled), so a stalled Redis fails a
+// request instead of hanging it.
+const (
+	redisDialTimeout = 5 * time.Second
+	redisIOTimeout   = 3 * time.Second
+	redisPingTimeout = 5 * time.Second
+)
+
+// check reports how f was misused, as a usage error.
+func (f *storeFlags) check() error {
+	switch {
+	case f.data != "" && f.redis != "":
+		return usageErr("-data and -redis are mutually exclusive: pass one")
+	case f.redisPrefix != "" && f.redis == "":
+		return usageErr("-redis-prefix needs -redis")
+	case f.data == "" && f.redis == "" && f.defaultData == "":
+		return usageErr("no store given: pass -data DIR or -redis ADDR")
+	}
+	return nil
+}
+
+// String names the store for people: "Badger store in DIR" or "Redis at
+// ADDR, prefix P".
+func (f *storeFlags) String() string {
+	if f.redis != "" {
+		return fmt.Sprintf("Redis at %s, prefix %q", redactURL(f.redis), f.prefix())
+	}
+	return "Badger store in " + f.dir()
+}
+
+func (f *storeFlags) dir() string {
+	if f.data == "" {
+		return f.defaultData
+	}
+	return f.data
+}
+
+func (f *storeFlags) prefix() string {
+	if f.redisPrefix == "" {
+		return redisstore.DefaultPrefix
+	}
+	return f.redisPrefix
 }
 
 // openStore opens the store f names. readOnly asks for a read-only open,
@@ -29,22 +87,99 @@ func addStoreFlags(fs *flag.FlagSet) *storeFlags {
 // background expiry. A directory held by another process gives an error
 // wrapping idem.ErrLocked that says where to look instead.
 func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, error) {
-	if f.data == "" {
-		return nil, usageErr("no store given: pass -data DIR")
+	if err := f.check(); err != nil {
+		return nil, err
 	}
-	if _, err := os.Stat(f.data); err != nil {
-		return nil, fmt.Errorf("no store at %s: %w", f.data, err)
+	if f.data != "" {
+		// Badger would create an empty store: say there is none instead.
+		if _, err := os.Stat(f.data); err != nil {
+			return nil, fmt.Errorf("no store at %s: %w", f.data, err)
+		}
 	}
-	opts := &idem.Options{
+	return f.open(&idem.Options{
 		GCInterval: -1,
 		ReadOnly:   readOnly,
 		Logger:     slog.New(slog.NewTextHandler(stderr, nil)),
+	})
+}
+
+// open opens the store f names with opts, creating a Badger store that
+// does not exist yet. On Redis, the store owns the client it creates:
+// closing the store closes it.
+func (f *storeFlags) open(opts *idem.Options) (*idem.Store, error) {
+	if err := f.check(); err != nil {
+		return nil, err
 	}
-	s, err := idem.Open(f.data, opts)
+	if f.redis != "" {
+		return f.openRedis(opts)
+	}
+	dir := f.dir()
+	s, err := idem.Open(dir, opts)
 	if errors.Is(err, idem.ErrLocked) {
 		return nil, fmt.Errorf("%s is in use by another process (a running idem server or application; Badger allows one process per directory): "+
 			"read it through that process's admin endpoint instead (idem get -admin ADDR KEY, idem stats -admin ADDR, "+
-			"or curl http://ADDR/admin/stats; see idem serve -admin), or stop that process to repair the store: %w", f.data, idem.ErrLocked)
+			"or curl http://ADDR/admin/stats; see idem serve -admin), or stop that process to repair the store: %w", dir, idem.ErrLocked)
 	}
 	return s, err
+}
+
+func (f *storeFlags) openRedis(opts *idem.Options) (*idem.Store, error) {
+	ropts, err := redisOptions(f.redis)
+	if err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(ropts)
+	ctx, cancel := context.WithTimeout(context.Background(), redisPingTimeout)
+	defer cancel()
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("no Redis at %s: %w", redactURL(f.redis), err)
+	}
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: f.prefix()})
+	s, err := idem.New(ownedClient{b, rdb}, opts)
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// redisOptions returns the client options for addr, a host:port or a
+// redis:// or rediss:// URL.
+func redisOptions(addr string) (*redis.Options, error) {
+	o := &redis.Options{Addr: addr}
+	if strings.Contains(addr, "://") {
+		var err error
+		if o, err = redis.ParseURL(addr); err != nil {
+			return nil, usageErr("-redis %s: %v", redactURL(addr), err)
+		}
+	}
+	o.ContextTimeoutEnabled = true
+	o.DialTimeout = redisDialTimeout
+	o.ReadTimeout = redisIOTimeout
+	o.WriteTimeout = redisIOTimeout
+	return o, nil
+}
+
+// redactURL hides the password of a redis:// URL, for messages and logs.
+func redactURL(addr string) string {
+	if !strings.Contains(addr, "://") {
+		return addr
+	}
+	u, err := url.Parse(addr)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// ownedClient is the Redis backend of a store the command opened: closing
+// it closes the client too, which redisstore leaves to its caller.
+type ownedClient struct {
+	*redisstore.Backend
+	rdb *redis.Client
+}
+
+func (o ownedClient) Close() error {
+	return errors.Join(o.Backend.Close(), o.rdb.Close())
 }
