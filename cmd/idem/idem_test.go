@@ -309,16 +309,13 @@ func TestExportImport(t *testing.T) {
 	require.NoError(t, err)
 	assert.Len(t, strings.Split(strings.TrimSpace(string(data)), "\n"), 4)
 
-	// Into a fresh store: every record comes back as it was.
-	dst := t.TempDir()
-	require.NoError(t, os.Remove(dst))
-	s, err := idem.Open(dst, nil)
-	require.NoError(t, err)
-	require.NoError(t, s.Close())
+	// Into a directory that does not exist yet: import creates the store,
+	// and every record comes back as it was.
+	dst := filepath.Join(t.TempDir(), "restored")
 	r = idemCmd(t, "", "import", "-data", dst, file)
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "imported 4 records")
-	s = open(t, dst)
+	s := open(t, dst)
 	for key, tok := range tokens {
 		rec, err := s.Get(ctx, key)
 		require.NoError(t, err, key)

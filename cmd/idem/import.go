@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/idemdb/idem"
@@ -34,7 +35,9 @@ func init() {
 					defer f.Close()
 					in = f
 				}
-				s, err := openStore(sf, false, stderr)
+				// Importing is how a store is restored or moved: a Badger
+				// directory that does not exist yet is created.
+				s, err := sf.open(&idem.Options{GCInterval: -1, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
 				if err != nil {
 					return err
 				}
