@@ -280,6 +280,7 @@ type bar struct {
 	label string
 	total int
 	start time.Time
+	last  time.Time // when the bar was last drawn
 	shown bool
 }
 
@@ -292,9 +293,10 @@ func (b *bar) set(n int) {
 		return
 	}
 	el := time.Since(b.start)
-	if el < 2*time.Second {
+	if el < 2*time.Second || (n < b.total && time.Since(b.last) < 200*time.Millisecond) {
 		return
 	}
+	b.last = time.Now()
 	const width = 30
 	fill := width * n / max(b.total, 1)
 	fmt.Fprintf(b.w, "\r%s [%s%s] %3d%% %s ", b.label, strings.Repeat("#", fill), strings.Repeat(" ", width-fill),

@@ -82,58 +82,79 @@ func (h *histogram) quantile(q float64) time.Duration {
 	return time.Duration(lowerBound(len(h) - 1))
 }
 
-// run measures t with the given number of workers for about d of timed
-// work. It runs in rounds: every worker prepares (untimed), then all run
-// their round's operations together while the clock runs. The round size
-// grows until a round lasts about 20ms, so the barrier costs little.
-func run(t *target, workers int, d time.Duration) (result, error) {
-	hists := make([]histogram, workers)
-	var (
+// run measures each target with the given number of workers for about d
+// of timed work each. It runs in rounds, taking the targets in turn, so
+// that whatever else the machine does (Badger compacting, other processes)
+// falls on all of them alike. In a round, every worker prepares (untimed),
+// then all run the round's operations together while the clock runs. A
+// target's round size grows until its round lasts about 20ms, so the
+// barrier costs little.
+func run(ts []*target, workers int, d time.Duration) ([]result, error) {
+	type state struct {
+		hists    []histogram
 		res      result
-		perRound = 8
-		ms0, ms1 runtime.MemStats
+		perRound int
 		mallocs  uint64
-	)
-	for res.Elapsed < d {
-		if t.prepare != nil {
-			if err := parallel(workers, func(w int) error { return t.prepare(w, perRound) }); err != nil {
-				return res, err
+	}
+	st := make([]state, len(ts))
+	for i := range st {
+		st[i] = state{hists: make([]histogram, workers), perRound: 8}
+	}
+	var ms0, ms1 runtime.MemStats
+	for busy := true; busy; {
+		busy = false
+		for i, t := range ts {
+			s := &st[i]
+			if s.res.Elapsed >= d {
+				continue
 			}
-		}
-		runtime.ReadMemStats(&ms0)
-		start := time.Now()
-		err := parallel(workers, func(w int) error {
-			h := &hists[w]
-			for range perRound {
-				t0 := time.Now()
-				if err := t.op(w); err != nil {
-					return err
+			busy = true
+			if t.prepare != nil {
+				if err := parallel(workers, func(w int) error { return t.prepare(w, s.perRound) }); err != nil {
+					return nil, err
 				}
-				h.add(time.Since(t0))
 			}
-			return nil
-		})
-		took := time.Since(start)
-		runtime.ReadMemStats(&ms1)
-		if err != nil {
-			return res, err
-		}
-		mallocs += ms1.Mallocs - ms0.Mallocs
-		res.Elapsed += took
-		res.Ops += int64(perRound * workers)
-		if took < 20*time.Millisecond && perRound < 1<<20 {
-			perRound *= 2
+			runtime.ReadMemStats(&ms0)
+			start := time.Now()
+			err := parallel(workers, func(w int) error {
+				h := &s.hists[w]
+				for range s.perRound {
+					t0 := time.Now()
+					if err := t.op(w); err != nil {
+						return err
+					}
+					h.add(time.Since(t0))
+				}
+				return nil
+			})
+			took := time.Since(start)
+			runtime.ReadMemStats(&ms1)
+			if err != nil {
+				return nil, err
+			}
+			s.mallocs += ms1.Mallocs - ms0.Mallocs
+			s.res.Elapsed += took
+			s.res.Ops += int64(s.perRound * workers)
+			if took < 20*time.Millisecond && s.perRound < 1<<20 {
+				s.perRound *= 2
+			}
 		}
 	}
-	var all histogram
-	for i := range hists {
-		all.merge(&hists[i])
+	out := make([]result, len(ts))
+	for i := range st {
+		s := &st[i]
+		var all histogram
+		for j := range s.hists {
+			all.merge(&s.hists[j])
+		}
+		r := s.res
+		r.OpsPerS = float64(r.Ops) / r.Elapsed.Seconds()
+		r.P50 = all.quantile(0.50)
+		r.P99 = all.quantile(0.99)
+		r.AllocsOp = float64(s.mallocs) / float64(r.Ops)
+		out[i] = r
 	}
-	res.OpsPerS = float64(res.Ops) / res.Elapsed.Seconds()
-	res.P50 = all.quantile(0.50)
-	res.P99 = all.quantile(0.99)
-	res.AllocsOp = float64(mallocs) / float64(res.Ops)
-	return res, nil
+	return out, nil
 }
 
 // parallel runs fn for workers 0..n-1 at once and returns the first error.

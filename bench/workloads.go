@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -139,27 +140,30 @@ func selected(only string) ([]workload, error) {
 	return out, nil
 }
 
-// compare runs subject and baseline one after the other with the same
+// compare runs subject and baseline in alternating rounds with the same
 // number of workers and makes a row of the ratio of their ops/s.
-func compare(e *env, wl, op string, workers int, g *goal, subject, baseline func() (*target, error)) (row, error) {
-	r := row{Workload: wl, Operation: op, Unit: "x", Goal: g}
-	for _, side := range []struct {
-		mk  func() (*target, error)
-		out **result
-	}{{subject, &r.Subject}, {baseline, &r.Baseline}} {
-		t, err := side.mk()
+func compare(e *env, wl, op string, workers int, g *goal, subject, baseline func() (*target, error)) (r row, err error) {
+	r = row{Workload: wl, Operation: op, Unit: "x", Goal: g}
+	var ts []*target
+	defer func() {
+		for _, t := range ts {
+			if t.close != nil {
+				err = errors.Join(err, t.close())
+			}
+		}
+	}()
+	for _, mk := range []func() (*target, error){subject, baseline} {
+		t, err := mk()
 		if err != nil {
 			return r, err
 		}
-		res, err := run(t, workers, e.duration)
-		if t.close != nil {
-			err = errors.Join(err, t.close())
-		}
-		if err != nil {
-			return r, fmt.Errorf("%s: %w", op, err)
-		}
-		*side.out = &res
+		ts = append(ts, t)
 	}
+	res, err := run(ts, workers, e.duration)
+	if err != nil {
+		return r, fmt.Errorf("%s: %w", op, err)
+	}
+	r.Subject, r.Baseline = &res[0], &res[1]
 	r.Figure = r.Subject.OpsPerS / r.Baseline.OpsPerS
 	r.judge()
 	return r, nil
@@ -523,10 +527,11 @@ func scaleRows(ctx context.Context, e *env) ([]row, error) {
 		}
 		sub, _ := getTargets(fx, fx.store, fx.keys, 1)
 		t, _ := sub()
-		res, err := run(t, 1, e.duration)
+		out, err := run([]*target{t}, 1, e.duration)
 		if err != nil {
 			return rows, err
 		}
+		res := out[0]
 		p50s = append(p50s, res.P50)
 		r := row{Workload: "scale", Operation: fmt.Sprintf("Get p50, %s records vs %s", count(n), count(scaleSizes(e.records)[0])),
 			Subject: &res, Figure: float64(res.P50) / float64(p50s[0]), Unit: "x"}
@@ -679,6 +684,18 @@ func runMemoryChild(w io.Writer) error {
 	st, err := readStatus()
 	if err != nil {
 		return err
+	}
+	if path := os.Getenv("IDEM_BENCH_MEMPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
 	}
 	st.Records, st.LoadS = n, load.Seconds()
 	return json.NewEncoder(w).Encode(st)
