@@ -225,7 +225,7 @@ func (s *Store) Begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 			if takeover {
 				s.stats.takeovers.Add(1)
 			}
-			l := &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol}
+			l := &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
 			return l, next, nil
 		}
 		if cur != nil {
