@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -39,15 +40,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// reduced reports whether the run is a smoke run (CI's -benchtime=100x, or
-// -short), where the data sets shrink to 1% so the benchmarks only prove
-// they still work.
+// reduced reports whether the run is a smoke run (-short, or a fixed
+// count of at most 1000 iterations such as CI's -benchtime=100x), where
+// the data sets shrink to 1% so the benchmarks only prove they still work.
 func reduced() bool {
 	if testing.Short() {
 		return true
 	}
 	f := flag.Lookup("test.benchtime")
-	return f != nil && strings.HasSuffix(f.Value.String(), "x")
+	if f == nil {
+		return false
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(f.Value.String(), "x"))
+	return err == nil && strings.HasSuffix(f.Value.String(), "x") && n <= 1000
 }
 
 // size scales a record count down in a reduced run.
