@@ -21,8 +21,22 @@ type Lease struct {
 	created time.Time // CreatedAt of the leased record: a re-created key is another record
 	pol     policy
 
-	mu    sync.Mutex // protects until
+	mu    sync.Mutex // protects until and data
 	until time.Time
+	// data is the stored form this lease last wrote, while the record is
+	// in progress: the expected value of the next compare-and-swap, which
+	// saves a read when nothing else wrote the key meanwhile. nil means
+	// unknown: read it.
+	data []byte
+}
+
+// takeData returns and forgets the stored form the lease last wrote.
+func (l *Lease) takeData() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	d := l.data
+	l.data = nil
+	return d
 }
 
 // Key returns the leased key.
@@ -147,9 +161,15 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 		return wrap(op, l.key, err)
 	}
 	defer s.mu.RUnlock()
-	cur, err := s.b.Load(ctx, l.key)
-	if err != nil {
-		return wrap(op, l.key, err)
+	// The first attempt expects the record this lease wrote; the swap
+	// fails harmlessly, returning what is stored, if anything else wrote
+	// the key since.
+	cur := l.takeData()
+	if cur == nil {
+		var err error
+		if cur, err = s.b.Load(ctx, l.key); err != nil {
+			return wrap(op, l.key, err)
+		}
 	}
 	for {
 		now := s.now()
@@ -174,6 +194,11 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 			return wrap(op, l.key, err)
 		}
 		if swapped {
+			if next != nil && rec.State == StateInProgress {
+				l.mu.Lock()
+				l.data = next
+				l.mu.Unlock()
+			}
 			return nil
 		}
 		s.stats.conflicts.Add(1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -128,12 +129,28 @@ func (s *Store) validKey(key string) error {
 	return nil
 }
 
+// wrap names the operation and the key in err: `idem: get "k": cause`.
 func wrap(op, key string, err error) error {
 	if err == nil {
 		return nil
 	}
-	return fmt.Errorf("idem: %s %q: %w", op, key, err)
+	return &opError{op: op, key: key, err: err}
 }
+
+// opError is an error with the operation and key it happened to. Its
+// message is built only when asked for: a miss (ErrNotFound) is an
+// ordinary answer on the Get path, and formatting it there cost more than
+// the lookup.
+type opError struct {
+	op, key string
+	err     error
+}
+
+func (e *opError) Error() string {
+	return "idem: " + e.op + " " + strconv.Quote(e.key) + ": " + e.err.Error()
+}
+
+func (e *opError) Unwrap() error { return e.err }
 
 // Begin either hands the caller a lease to run the request, or reports
 // what is stored:
@@ -177,6 +194,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 
 	if s.cache != nil {
 		if rec := s.cache.get(key, s.now()); rec != nil {
+			s.stats.cacheHits.Add(1)
 			if !bytes.Equal(rec.Fingerprint, fingerprint) {
 				s.stats.mismatches.Add(1)
 				return nil, rec, wrap("begin", key, ErrFingerprintMismatch)
@@ -217,7 +235,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 			if takeover {
 				s.stats.takeovers.Add(1)
 			}
-			l := &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol}
+			l := &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
 			return l, next, nil
 		}
 		if cur != nil {
@@ -309,6 +327,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 	if s.cache != nil {
 		if rec := s.cache.get(key, now); rec != nil {
 			s.stats.hits.Add(1)
+			s.stats.cacheHits.Add(1)
 			return rec, nil
 		}
 	}
