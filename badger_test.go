@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -29,6 +30,50 @@ func TestLockedDirectory(t *testing.T) {
 	// The holder is unharmed.
 	_, _, err = s.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
 	require.NoError(t, err)
+}
+
+// The lock is held across processes: a child process holds the directory,
+// and this one is refused with ErrLocked until the child exits.
+func TestLockedByAnotherProcess(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a process")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMain_holdChild$")
+	cmd.Env = append(os.Environ(), "IDEM_HOLD_CHILD="+dir)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(out)
+	for sc.Scan() && sc.Text() != "holding" {
+	}
+	_, err = idem.Open(dir, nil)
+	require.ErrorIs(t, err, idem.ErrLocked)
+	assert.Contains(t, err.Error(), "in use by another process")
+	require.NoError(t, stdin.Close()) // the child closes its store and exits
+	require.NoError(t, cmd.Wait())
+	s := openIn(t, dir, nil)
+	rec, err := s.Get(context.Background(), "held")
+	require.NoError(t, err, "what the child wrote is there")
+	assert.Equal(t, idem.StateCompleted, rec.State)
+}
+
+// The child of TestLockedByAnotherProcess: holds the store open until its
+// standard input closes.
+func TestMain_holdChild(t *testing.T) {
+	dir := os.Getenv("IDEM_HOLD_CHILD")
+	if dir == "" {
+		t.Skip("run by TestLockedByAnotherProcess")
+	}
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	_, _, err = s.Do(context.Background(), "held", nil, func(context.Context) ([]byte, error) { return []byte("x"), nil })
+	require.NoError(t, err)
+	fmt.Println("holding")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	require.NoError(t, s.Close())
 }
 
 func openIn(t *testing.T, dir string, opts *idem.Options) *idem.Store {
