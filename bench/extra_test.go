@@ -22,6 +22,7 @@ func TestReportRedisAndReplay(t *testing.T) {
 		ops[r.Operation] = r
 	}
 	for _, op := range []string{
+		"Get completed, embedded vs Redis, 20k records, goroutines=1",
 		"Get completed, embedded vs Redis, 20k records, goroutines=2",
 		"Get completed, embedded vs Redis, 20k records, goroutines=16",
 		"Begin fresh key, embedded vs Redis, goroutines=16",
@@ -44,17 +45,17 @@ func TestReportRedisAndReplay(t *testing.T) {
 		}
 		checkMeasured(t, r)
 	}
-	if len(doc.Rows) != 5 {
-		t.Errorf("JSON has %d rows, want 5", len(doc.Rows))
+	if len(doc.Rows) != 6 {
+		t.Errorf("JSON has %d rows, want 6", len(doc.Rows))
 	}
 	for _, want := range []string{"(&gt;= 5.0x)", "(&gt;= 0.5x)", "embedded vs Redis", "HTTP replay"} {
 		if !strings.Contains(chart, want) {
 			t.Errorf("chart lacks %q", want)
 		}
 	}
-	// Two Redis Get rows and two replay rows have targets; Begin has none.
-	if n := strings.Count(chart, "<line "); n != 4 {
-		t.Errorf("chart draws %d target ticks, want 4", n)
+	// Three Redis Get rows and two replay rows have targets; Begin has none.
+	if n := strings.Count(chart, "<line "); n != 5 {
+		t.Errorf("chart draws %d target ticks, want 5", n)
 	}
 }
 
@@ -65,8 +66,8 @@ func TestRedisSkippedWithoutServer(t *testing.T) {
 	t.Setenv("PATH", t.TempDir())
 	t.Setenv("IDEM_REQUIRE_REDIS", "")
 	table, doc, chart := report(t, "-quick", "-only", "redis")
-	if len(doc.Rows) != 3 {
-		t.Fatalf("JSON has %d rows, want 3", len(doc.Rows))
+	if len(doc.Rows) != 4 {
+		t.Fatalf("JSON has %d rows, want 4", len(doc.Rows))
 	}
 	for _, r := range doc.Rows {
 		if !strings.Contains(r.Skipped, "redis-server is not on PATH") || r.Subject != nil || r.Pass != nil {
@@ -77,8 +78,8 @@ func TestRedisSkippedWithoutServer(t *testing.T) {
 		t.Errorf("table does not say the rows were skipped and why:\n%s", table)
 	}
 	// Each Get row: its track and target tick, "skipped", and no bar.
-	if strings.Count(chart, ">skipped (&gt;= 5.0x)<") != 2 || strings.Count(chart, "<rect ") != 2 {
-		t.Errorf("chart does not show the two Get rows as skipped:\n%s", chart)
+	if strings.Count(chart, ">skipped (&gt;= 5.0x)<") != 3 || strings.Count(chart, "<rect ") != 3 {
+		t.Errorf("chart does not show the three Get rows as skipped:\n%s", chart)
 	}
 
 	t.Setenv("IDEM_REQUIRE_REDIS", "1")

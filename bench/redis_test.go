@@ -38,7 +38,7 @@ func BenchmarkRedisGet(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.Run(fmt.Sprintf("records=%d", n), func(b *testing.B) {
-		for _, g := range []int{2, 16} {
+		for _, g := range redisGetWorkers {
 			b.Run(fmt.Sprintf("goroutines=%d", g), func(b *testing.B) {
 				emb, _ := getTargets(fx, fx.store, fx.keys, g)
 				red, _ := getTargets(fx, rs.store, fx.keys, g)
