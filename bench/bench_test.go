@@ -129,10 +129,15 @@ func share(n, workers, w int) int {
 // pair runs subject as the store=idem sub-benchmark and baseline as the
 // store=badger one beside it, with the same number of goroutines.
 func pair(b *testing.B, workers int, subject, baseline func() (*target, error)) {
+	pairNamed(b, workers, "store=idem", "store=badger", subject, baseline)
+}
+
+// pairNamed is pair with the two sub-benchmarks' names given.
+func pairNamed(b *testing.B, workers int, subjectName, baselineName string, subject, baseline func() (*target, error)) {
 	for _, side := range []struct {
 		name string
 		mk   func() (*target, error)
-	}{{"store=idem", subject}, {"store=badger", baseline}} {
+	}{{subjectName, subject}, {baselineName, baseline}} {
 		b.Run(side.name, func(b *testing.B) {
 			t, err := side.mk()
 			if err != nil {

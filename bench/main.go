@@ -151,7 +151,11 @@ func printTable(w io.Writer, rows []row) {
 		cells = append(cells, side(r.Subject)...)
 		b := side(r.Baseline)
 		cells = append(cells, b[0], b[1], b[3])
-		cells = append(cells, figure(r), r.Goal.String(), verdict(r.Pass), r.Note)
+		fig, res, note := figure(r), verdict(r.Pass), r.Note
+		if r.Skipped != "" {
+			fig, res, note = "", "skipped", r.Skipped
+		}
+		cells = append(cells, fig, r.Goal.String(), res, note)
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
 	}
 	tw.Flush()

@@ -10,7 +10,8 @@ import (
 // svg draws every row that has a target as a horizontal bar: the length is
 // the figure, the tick is the target, green when met and red when not. The
 // scale is logarithmic, so 0.6x and 20x fit one chart; each row is scaled
-// against its own target, which sits at the middle of the track.
+// against its own target, which sits at the middle of the track. A row
+// that was skipped has its track and tick but no bar.
 func svg(rows []row) string {
 	const (
 		labelW = 430
@@ -43,10 +44,15 @@ func svg(rows []row) string {
 		}
 		fmt.Fprintf(&b, `<text x="10" y="%d">%s</text>`+"\n", y+15, html.EscapeString(r.Operation))
 		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%d" height="16" fill="#eee"/>`+"\n", labelW, y+3, trackW)
-		fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="16" fill="%s"/>`+"\n", labelW, y+3, pos(r.Figure), color)
+		fig := figure(r)
+		if r.Skipped != "" {
+			fig = "skipped"
+		} else {
+			fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.1f" height="16" fill="%s"/>`+"\n", labelW, y+3, pos(r.Figure), color)
+		}
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#000" stroke-width="2"/>`+"\n",
 			labelW+pos(r.Goal.Value), y, labelW+pos(r.Goal.Value), y+22)
-		fmt.Fprintf(&b, `<text x="%d" y="%d">%s (%s)</text>`+"\n", labelW+trackW+8, y+15, html.EscapeString(figure(r)), html.EscapeString(r.Goal.String()))
+		fmt.Fprintf(&b, `<text x="%d" y="%d">%s (%s)</text>`+"\n", labelW+trackW+8, y+15, html.EscapeString(fig), html.EscapeString(r.Goal.String()))
 	}
 	b.WriteString("</svg>\n")
 	return b.String()

@@ -74,6 +74,9 @@ type row struct {
 	Goal   *goal   `json:"goal,omitempty"`
 	Pass   *bool   `json:"pass,omitempty"`
 	Note   string  `json:"note,omitempty"`
+	// Skipped says why the row was not measured (a missing redis-server);
+	// such a row has no sides, no figure and no verdict.
+	Skipped string `json:"skipped,omitempty"`
 }
 
 func (r *row) judge() {
@@ -96,8 +99,6 @@ type workload struct {
 var extraWorkloads []workload
 
 // register adds workloads to the report, after the embedded store's.
-//
-//lint:ignore U1000 called from the init functions of the Redis and HTTP workload files
 func register(w ...workload) { extraWorkloads = append(extraWorkloads, w...) }
 
 // workloads returns every workload in report order.
@@ -112,8 +113,8 @@ func workloads() []workload {
 		{"scale", "Get p50 at growing record counts", scaleRows},
 		{"memory", "peak RSS of a fresh process after loading the records with default options", memoryRows},
 		{"reclaim", "disk use after records expire and CollectGarbage runs", reclaimRows},
-		// Redis-backed Get vs embedded Get, and idemhttp replay vs a bare
-		// handler, come from register in the files that add them.
+		// Redis-backed Get vs embedded Get (redis.go), and idemhttp replay
+		// vs a bare handler (replay.go), come from register.
 	}
 	return append(ws, extraWorkloads...)
 }
@@ -335,23 +336,33 @@ func openEmptyRaw(e *env, name string, syncWrites bool) (*badger.DB, func() erro
 	return db, func() error { return errors.Join(db.Close(), os.RemoveAll(dir)) }, nil
 }
 
-func beginTargets(e *env) (subject, baseline func() (*target, error)) {
+// beginOp claims a fresh key on s.
+func beginOp(s *idem.Store) func(int) error {
 	ctx := context.Background()
-	subject = func() (*target, error) {
+	keys := &freshKeys{prefix: "new-"}
+	return func(int) error {
+		k := keys.next()
+		l, _, err := s.Begin(ctx, k, fingerprintOf(k))
+		if err == nil && l == nil {
+			err = fmt.Errorf("no lease on fresh key %q", k)
+		}
+		return err
+	}
+}
+
+// embeddedBegin is Begin on fresh keys of a new, empty embedded store.
+func embeddedBegin(e *env) func() (*target, error) {
+	return func() (*target, error) {
 		s, closeFn, err := openEmpty(e, "begin", &idem.Options{GCInterval: -1})
 		if err != nil {
 			return nil, err
 		}
-		keys := &freshKeys{prefix: "new-"}
-		return &target{close: closeFn, op: func(int) error {
-			k := keys.next()
-			l, _, err := s.Begin(ctx, k, fingerprintOf(k))
-			if err == nil && l == nil {
-				err = fmt.Errorf("no lease on fresh key %q", k)
-			}
-			return err
-		}}, nil
+		return &target{close: closeFn, op: beginOp(s)}, nil
 	}
+}
+
+func beginTargets(e *env) (subject, baseline func() (*target, error)) {
+	subject = embeddedBegin(e)
 	baseline = func() (*target, error) {
 		db, closeFn, err := openEmptyRaw(e, "begin-raw", false)
 		if err != nil {

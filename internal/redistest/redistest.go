@@ -8,11 +8,14 @@
 // When redis-server is not on PATH the tests that need it are skipped with a
 // message saying how to install it, unless the environment variable
 // IDEM_REQUIRE_REDIS is "1", when they fail instead (CI sets it).
+//
+// StartServer does the same outside a test (the benchmark report uses it).
 package redistest
 
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -29,13 +32,21 @@ import (
 // startTimeout bounds how long a server may take to answer PING.
 const startTimeout = 10 * time.Second
 
-// Server is one redis-server process started by a test. Its methods are
-// meant for the test's goroutine.
+// ErrNotInstalled is returned by StartServer when redis-server is not on
+// PATH.
+var ErrNotInstalled = errors.New("redis-server is not on PATH; install it to run the Redis tests (Debian/Ubuntu: apt-get install redis-server)")
+
+// Required reports whether a missing redis-server must be a failure rather
+// than a skip: the environment variable IDEM_REQUIRE_REDIS is "1".
+func Required() bool { return os.Getenv("IDEM_REQUIRE_REDIS") == "1" }
+
+// Server is one redis-server process started by a test, or by StartServer.
+// Its methods are meant for one goroutine.
 type Server struct {
 	// Addr is the server's "127.0.0.1:port".
 	Addr string
 
-	t    testing.TB
+	t    testing.TB // nil for a server from StartServer
 	dir  string
 	args []string
 	cmd  *exec.Cmd
@@ -50,11 +61,10 @@ func Require(t testing.TB) string {
 	if err == nil {
 		return p
 	}
-	msg := "redis-server is not on PATH; install it to run the Redis tests (Debian/Ubuntu: apt-get install redis-server)"
-	if os.Getenv("IDEM_REQUIRE_REDIS") == "1" {
-		t.Fatalf("%s; IDEM_REQUIRE_REDIS=1 makes this a failure", msg)
+	if Required() {
+		t.Fatalf("%v; IDEM_REQUIRE_REDIS=1 makes this a failure", ErrNotInstalled)
 	}
-	t.Skip(msg)
+	t.Skip(ErrNotInstalled.Error())
 	return ""
 }
 
@@ -69,15 +79,44 @@ func Start(t testing.TB, extra ...string) *Server {
 func start(t testing.TB, cluster bool, extra []string) *Server {
 	t.Helper()
 	bin := Require(t)
+	s, err := launch(bin, t.TempDir(), cluster, extra)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	s.t = t
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// StartServer starts a standalone redis-server with no persistence, like
+// Start, outside a test: its files go in a directory under dir, and the
+// caller stops it with Stop (Pause, Resume, Restart and StartReplica are
+// for servers started by Start). It returns an error wrapping
+// ErrNotInstalled when redis-server is not on PATH.
+func StartServer(dir string) (*Server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redistest: %w", ErrNotInstalled)
+	}
+	s, err := launch(bin, dir, false, nil)
+	if err != nil {
+		return nil, fmt.Errorf("redistest: %w", err)
+	}
+	return s, nil
+}
+
+// launch starts redis-server from bin on a free loopback port, with its
+// files in a new directory under root.
+func launch(bin, root string, cluster bool, extra []string) (*Server, error) {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort(cluster)
 		if err != nil {
-			t.Fatalf("redistest: %v", err)
+			return nil, err
 		}
-		dir := filepath.Join(t.TempDir(), "redis-"+strconv.Itoa(port))
+		dir := filepath.Join(root, "redis-"+strconv.Itoa(port))
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			t.Fatalf("redistest: %v", err)
+			return nil, err
 		}
 		args := []string{
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
@@ -87,16 +126,14 @@ func start(t testing.TB, cluster bool, extra []string) *Server {
 		if cluster {
 			args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
 		}
-		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), t: t, dir: dir, args: append(args, extra...)}
+		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, args: append(args, extra...)}
 		if lastErr = s.run(bin); lastErr == nil {
-			t.Cleanup(s.Stop)
-			return s
+			return s, nil
 		}
 		// Most likely another process took the port between freePort and
 		// the server's bind: try another one.
 	}
-	t.Fatalf("redistest: could not start redis-server: %v", lastErr)
-	return nil
+	return nil, fmt.Errorf("could not start redis-server: %w", lastErr)
 }
 
 // run starts the process and waits until it answers PING.
