@@ -83,9 +83,20 @@ func OpenBadger(dir string, opts *Options) (*BadgerBackend, error) {
 }
 
 // badgerOptions sizes Badger for small records read by key: no compression
-// (records are small and mostly digests), a modest block cache, and small
+// (records are small and mostly digests; compressed tables would also need
+// decompressed copies of blocks on the heap), and small memtables and
 // tables, so that memory stays bounded at millions of records and
 // compaction can drop expired tables piece by piece.
+//
+// Most of the process's memory besides the mmapped tables is Go heap that
+// scales with these sizes: memtable arenas (1.3 × MemTableSize each), and
+// table builders, whose buffers grow by doubling to the table's size and
+// are kept in a pool of up to eight for reuse. So the memtables are 12 MiB
+// (8 MiB lowered memory further but raised durable-write p99 from 2ms to
+// 5-9ms), every table is 1 MiB whatever its level, and L0 is compacted once
+// two tables wait, with two compactors (fewer, smaller builders at once).
+// The block cache costs little heap: uncompressed blocks point into the
+// mapped file.
 func badgerOptions(dir string, o *Options) badger.Options {
 	bo := badger.DefaultOptions(dir).
 		WithInMemory(o.InMemory).
@@ -93,12 +104,16 @@ func badgerOptions(dir string, o *Options) badger.Options {
 		WithSyncWrites(false).
 		WithNumVersionsToKeep(1).
 		WithCompression(options.None).
-		WithMemTableSize(32 << 20).
+		WithMemTableSize(12 << 20).
 		WithNumMemtables(3).
+		WithBaseTableSize(1 << 20).
+		WithNumLevelZeroTables(2).
+		WithNumCompactors(2).
 		WithBlockCacheSize(64 << 20).
 		WithValueLogFileSize(64 << 20).
 		WithMetricsEnabled(false).
 		WithLogger(badgerLogger{o.Logger})
+	bo.TableSizeMultiplier = 1 // no With method in v4
 	if o.InMemory {
 		bo.Dir, bo.ValueDir = "", ""
 	}
