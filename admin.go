@@ -53,11 +53,7 @@ func (s *Store) ForceFail(ctx context.Context, key string, token uint64, respons
 		return err
 	}
 	err = s.fenced(ctx, "force-fail", l, true, func(r *Record, now time.Time) bool {
-		r.State = StateFailed
-		r.Response = response
-		r.Retryable = retryable
-		r.UpdatedAt = now
-		l.pol.finishRecord(r, now)
+		l.pol.finish(r, StateFailed, response, retryable, now)
 		return false
 	})
 	if err == nil {

@@ -60,11 +60,7 @@ func (l *Lease) Complete(ctx context.Context, response []byte) error {
 		return wrap("complete", l.key, err)
 	}
 	err := l.s.fenced(ctx, "complete", l, true, func(r *Record, now time.Time) bool {
-		r.State = StateCompleted
-		r.Response = response
-		r.Retryable = false
-		r.UpdatedAt = now
-		l.policy(ctx).finishRecord(r, now)
+		l.policy(ctx).finish(r, StateCompleted, response, false, now)
 		return false
 	})
 	if err == nil {
@@ -82,11 +78,7 @@ func (l *Lease) Fail(ctx context.Context, response []byte, retryable bool) error
 		return wrap("fail", l.key, err)
 	}
 	err := l.s.fenced(ctx, "fail", l, true, func(r *Record, now time.Time) bool {
-		r.State = StateFailed
-		r.Response = response
-		r.Retryable = retryable
-		r.UpdatedAt = now
-		l.policy(ctx).finishRecord(r, now)
+		l.policy(ctx).finish(r, StateFailed, response, retryable, now)
 		return false
 	})
 	if err == nil {

@@ -70,12 +70,18 @@ func (p policy) leaseRecord(r *Record, now time.Time) {
 	r.ExpiresAt = latest(now.Add(p.completed), r.LeaseUntil)
 }
 
-// finishRecord sets the expiry of a record that ended at now in state st.
-func (p policy) finishRecord(r *Record, now time.Time) {
+// finish ends the in-progress record r at now with an outcome: state st
+// (completed or failed), response, and whether a failure may run again. The
+// record then lives the completed or failed lifetime from now.
+func (p policy) finish(r *Record, st State, response []byte, retryable bool, now time.Time) {
 	d := p.completed
-	if r.State == StateFailed {
+	if st == StateFailed {
 		d = p.failed
 	}
+	r.State = st
+	r.Response = response
+	r.Retryable = retryable
+	r.UpdatedAt = now
 	r.LeaseUntil = time.Time{}
 	r.ExpiresAt = now.Add(d)
 }
