@@ -74,7 +74,7 @@
 // Badger's Sync makes the active memtable's write-ahead log durable. A
 // write that lands in a memtable which Badger rotates out before the group
 // fsync runs becomes durable when that memtable is flushed to a table a
-// moment later, not when Complete returns; memtables are 32 MiB, so this
+// moment later, not when Complete returns; memtables are 12 MiB, so this
 // concerns the few writes at a rotation, and only on power loss or a
 // kernel crash, never on a crash of the process.
 package idem
