@@ -36,9 +36,10 @@ func Open(dir string, opts *Options) (*Store, error) {
 // one-byte namespace, so the database may later hold other kinds of entry
 // beside records.
 type BadgerBackend struct {
-	db   *badger.DB
-	mode Sync
-	gs   groupSync
+	db      *badger.DB
+	mode    Sync
+	sync    func() error // db.Sync; a test may count calls
+	commits commitQueue  // durable writes under SyncAlways, see badger_commit.go
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -71,7 +72,7 @@ func OpenBadger(dir string, opts *Options) (*BadgerBackend, error) {
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
 	b := &BadgerBackend{db: db, mode: o.Sync, stop: make(chan struct{}), dir: dir}
-	b.gs.sync = db.Sync
+	b.sync = db.Sync
 	if o.InMemory || o.ReadOnly {
 		b.mode = SyncNever
 	}
@@ -163,9 +164,11 @@ func (b *BadgerBackend) Load(ctx context.Context, key string) ([]byte, error) {
 
 // CompareAndSwap implements Backend with one Badger update transaction:
 // Get, compare, Set. A commit that conflicts with another transaction on
-// the key is retried from the other's result. Under SyncAlways a durable
-// swap waits for a shared fsync (group commit) before it returns.
+
 func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
+	if durable && b.mode == SyncAlways {
+		return b.durableCAS(ctx, key, old, new, expireAt)
+	}
 	k := dbKey(key)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -206,11 +209,6 @@ func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new
 		}
 		if !swapped {
 			return current, false, nil
-		}
-		if durable && b.mode == SyncAlways {
-			if err := b.gs.wait(); err != nil {
-				return nil, false, fmt.Errorf("fsync: %w", err)
-			}
 		}
 		return nil, true, nil
 	}
@@ -282,58 +280,6 @@ func DirUsage(dir string) int64 {
 		return nil
 	})
 	return n
-}
-
-// groupSync lets concurrent writers share fsyncs. A writer whose commit
-// must be on disk joins the next sync round: the round that starts after its
-// commit. While one round runs, every writer that arrives joins the round
-// after it, and that one sync covers them all.
-type groupSync struct {
-	sync func() error
-
-	mu      sync.Mutex // protects running and next
-	running bool       // a round is syncing now
-	next    *syncRound // the round that starts when the running one ends
-}
-
-type syncRound struct {
-	done chan struct{} // closed when the round's sync returned
-	err  error         // its result; read after done is closed
-}
-
-func (g *groupSync) wait() error {
-	g.mu.Lock()
-	if g.next == nil {
-		g.next = &syncRound{done: make(chan struct{})}
-	}
-	r := g.next
-	if !g.running {
-		g.running = true
-		g.next = nil
-		g.mu.Unlock()
-		g.run(r)
-	} else {
-		g.mu.Unlock()
-	}
-	<-r.done
-	return r.err
-}
-
-// run syncs round r, then hands the round that gathered meanwhile, if any,
-// to a new goroutine, so that the writer leading r returns at once.
-func (g *groupSync) run(r *syncRound) {
-	r.err = g.sync()
-	close(r.done)
-	g.mu.Lock()
-	next := g.next
-	g.next = nil
-	if next == nil {
-		g.running = false
-	}
-	g.mu.Unlock()
-	if next != nil {
-		go g.run(next)
-	}
 }
 
 // badgerLogger routes Badger's warnings and errors to a slog.Logger and

@@ -2,7 +2,9 @@ package idem
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -13,52 +15,126 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// Concurrent waiters share fsyncs, and every waiter returns only after a
-// sync that started after it asked has finished.
-func TestGroupSyncShares(t *testing.T) {
-	var started, lastDone atomic.Int64 // start index of the last finished sync
-	var calls atomic.Int64
-	g := &groupSync{sync: func() error {
-		n := started.Add(1)
-		calls.Add(1)
-		time.Sleep(2 * time.Millisecond)
-		lastDone.Store(n)
-		return nil
-	}}
+// openBackend opens a Badger backend in a fresh directory whose sync is
+// wrapped by wrap.
+func openBackend(t *testing.T, wrap func(sync func() error) func() error) *BadgerBackend {
+	t.Helper()
+	b, err := OpenBadger(t.TempDir(), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	b.sync = wrap(b.sync)
+	return b
+}
+
+// Concurrent durable writes share transactions and fsyncs, and each returns
+// only after an fsync that started after its write was committed.
+func TestGroupCommitShares(t *testing.T) {
+	var started, lastDone, calls atomic.Int64
+	b := openBackend(t, func(sync func() error) func() error {
+		return func() error {
+			n := started.Add(1)
+			calls.Add(1)
+			err := sync()
+			lastDone.Store(n)
+			return err
+		}
+	})
+	ctx := context.Background()
 	const writers, rounds = 64, 20
 	var wg sync.WaitGroup
 	for w := 0; w < writers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var prev []byte
 			for r := 0; r < rounds; r++ {
+				key := fmt.Sprintf("k%d", w)
+				next := []byte(fmt.Sprintf("v%d", r))
 				before := started.Load()
-				require.NoError(t, g.wait())
+				_, swapped, err := b.CompareAndSwap(ctx, key, prev, next, time.Now().Add(time.Hour), true)
+				require.NoError(t, err)
+				require.True(t, swapped)
 				if done := lastDone.Load(); done <= before {
-					t.Errorf("wait returned on sync %d, which started before the waiter asked (after sync %d)", done, before)
+					t.Errorf("returned on sync %d, which started before the write (after sync %d)", done, before)
 				}
+				prev = next
 			}
 		}()
 	}
 	wg.Wait()
 	total := int64(writers * rounds)
-	assert.Less(t, calls.Load(), total/4, "syncs are shared: %d syncs for %d waits", calls.Load(), total)
+	assert.Less(t, calls.Load(), total/4, "fsyncs are shared: %d for %d writes", calls.Load(), total)
+	for w := 0; w < writers; w++ {
+		v, err := b.Load(ctx, fmt.Sprintf("k%d", w))
+		require.NoError(t, err)
+		assert.Equal(t, fmt.Sprintf("v%d", rounds-1), string(v))
+	}
 }
 
-func TestGroupSyncError(t *testing.T) {
-	boom := errors.New("disk on fire")
-	fail := atomic.Bool{}
-	g := &groupSync{sync: func() error {
-		if fail.Load() {
-			return boom
+// Batching changes the cost, not the outcome: of many durable and
+// non-durable swaps from the same old value, exactly one wins, and every
+// loser is told the winner's value.
+func TestGroupCommitExactlyOne(t *testing.T) {
+	b := openBackend(t, func(sync func() error) func() error { return sync })
+	ctx := context.Background()
+	for round := 0; round < 20; round++ {
+		key := fmt.Sprint("race-", round)
+		_, _, err := b.CompareAndSwap(ctx, key, nil, []byte("start"), time.Now().Add(time.Hour), true)
+		require.NoError(t, err)
+		var wg sync.WaitGroup
+		var wins atomic.Int32
+		currents := make([][]byte, 32)
+		for g := 0; g < 32; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cur, swapped, err := b.CompareAndSwap(ctx, key, []byte("start"), []byte(fmt.Sprint("by-", g)), time.Now().Add(time.Hour), g%4 != 0)
+				require.NoError(t, err)
+				if swapped {
+					wins.Add(1)
+				} else {
+					currents[g] = cur
+				}
+			}()
 		}
-		return nil
-	}}
-	require.NoError(t, g.wait())
+		wg.Wait()
+		require.Equal(t, int32(1), wins.Load(), "round %d", round)
+		stored, err := b.Load(ctx, key)
+		require.NoError(t, err)
+		for g, cur := range currents {
+			if cur != nil {
+				assert.Equal(t, stored, cur, "loser %d was told another value", g)
+			}
+		}
+	}
+}
+
+func TestGroupCommitSyncError(t *testing.T) {
+	boom := errors.New("disk on fire")
+	var fail atomic.Bool
+	b := openBackend(t, func(sync func() error) func() error {
+		return func() error {
+			if fail.Load() {
+				return boom
+			}
+			return sync()
+		}
+	})
+	ctx := context.Background()
+	_, _, err := b.CompareAndSwap(ctx, "a", nil, []byte("1"), time.Now().Add(time.Hour), true)
+	require.NoError(t, err)
 	fail.Store(true)
-	require.ErrorIs(t, g.wait(), boom)
+	_, _, err = b.CompareAndSwap(ctx, "b", nil, []byte("1"), time.Now().Add(time.Hour), true)
+	require.ErrorIs(t, err, boom)
+	assert.Contains(t, err.Error(), "fsync")
+	// A swap that did not happen needs no sync and reports none.
+	cur, swapped, err := b.CompareAndSwap(ctx, "a", nil, []byte("2"), time.Now().Add(time.Hour), true)
+	require.NoError(t, err)
+	assert.False(t, swapped)
+	assert.Equal(t, "1", string(cur))
 	fail.Store(false)
-	require.NoError(t, g.wait())
+	_, _, err = b.CompareAndSwap(ctx, "c", nil, []byte("1"), time.Now().Add(time.Hour), true)
+	require.NoError(t, err)
 }
 
 func TestBadgerLoggerLevels(t *testing.T) {

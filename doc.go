@@ -62,7 +62,8 @@
 // # Durability
 //
 // By default (SyncAlways) Complete and Fail return only after the record is
-// fsynced, and concurrent completions share one fsync. Begin does not wait
+// fsynced; concurrent completions are committed in one transaction and
+// share one fsync (group commit). Begin does not wait
 // for a sync: if the process dies, its lease lapses and a retry takes over.
 // SyncPeriodic and SyncNever trade a bounded loss window for speed; see Sync.
 //

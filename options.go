@@ -11,7 +11,8 @@ type Sync int
 
 const (
 	// SyncAlways makes Complete and Fail return only after the record is
-	// fsynced. Concurrent completions share one fsync (group commit), so
+	// fsynced. Concurrent completions share one transaction and one fsync
+	// (group commit), so
 	// the cost per completion falls as concurrency rises. Loss window: none
 	// for records whose Complete returned.
 	SyncAlways Sync = iota

@@ -1,0 +1,166 @@
+package idem
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// Durable writes under SyncAlways are group-committed: concurrent durable
+// compare-and-swaps are gathered into one Badger transaction, which is
+// committed and then made durable by one DB.Sync, started after the commit.
+// While one batch commits and syncs, the writers that arrive gather into
+// the next. Each swap in a batch is still decided on its own (read,
+// compare, write, in arrival order; a later swap of the same key sees the
+// earlier one's write), so batching changes the cost, not the outcome.
+
+// Limits on one batch, well inside Badger's transaction limits for the
+// memtable size in badgerOptions; a batch always takes at least one write.
+const (
+	batchMaxWrites = 256
+	batchMaxBytes  = 512 << 10
+)
+
+type durableWrite struct {
+	key      []byte
+	old, new []byte
+	expireAt time.Time
+
+	current []byte
+	swapped bool
+	err     error
+	done    chan struct{}
+}
+
+type commitQueue struct {
+	mu      sync.Mutex // protects pending and running
+	pending []*durableWrite
+	running bool // a goroutine is committing batches
+}
+
+// durableCAS is CompareAndSwap for a durable write under SyncAlways.
+func (b *BadgerBackend) durableCAS(ctx context.Context, key string, old, new []byte, expireAt time.Time) ([]byte, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, false, err
+	}
+	w := &durableWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt, done: make(chan struct{})}
+	q := &b.commits
+	q.mu.Lock()
+	q.pending = append(q.pending, w)
+	lead := !q.running
+	q.running = true
+	q.mu.Unlock()
+	if lead {
+		b.commitBatches()
+	}
+	// Once queued, the write goes ahead whatever ctx says: waiting for it
+	// is the only way to know whether it happened.
+	<-w.done
+	return w.current, w.swapped, w.err
+}
+
+// commitBatches commits the pending writes one batch at a time. The
+// goroutine that started it returns after its own batch; the batches that
+// gathered meanwhile go on in a new goroutine.
+func (b *BadgerBackend) commitBatches() {
+	q := &b.commits
+	q.mu.Lock()
+	n, size := 0, 0
+	for n < len(q.pending) && n < batchMaxWrites && (n == 0 || size+len(q.pending[n].new) <= batchMaxBytes) {
+		size += len(q.pending[n].new)
+		n++
+	}
+	batch := q.pending[:n:n]
+	q.pending = q.pending[n:]
+	q.mu.Unlock()
+
+	b.commitBatch(batch)
+
+	q.mu.Lock()
+	more := len(q.pending) > 0
+	if !more {
+		q.running = false
+		q.pending = nil
+	}
+	q.mu.Unlock()
+	if more {
+		go b.commitBatches()
+	}
+}
+
+func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
+	defer func() {
+		for _, w := range batch {
+			close(w.done)
+		}
+	}()
+	var err error
+	for {
+		err = blockedRetry(context.Background(), func() error {
+			return b.db.Update(func(txn *badger.Txn) error {
+				for _, w := range batch {
+					if err := w.apply(txn); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
+		if !errors.Is(err, badger.ErrConflict) {
+			break
+		}
+		// Another transaction wrote one of the keys after this one read
+		// it: decide the whole batch again from what is stored now.
+	}
+	if errors.Is(err, badger.ErrTxnTooBig) && len(batch) > 1 {
+		half := len(batch) / 2
+		b.commitBatch(batch[:half:half])
+		b.commitBatch(batch[half:])
+		return
+	}
+	swapped := false
+	for _, w := range batch {
+		w.err = err
+		swapped = swapped || w.swapped
+	}
+	if err != nil || !swapped {
+		return
+	}
+	if err := b.sync(); err != nil {
+		for _, w := range batch {
+			if w.swapped {
+				w.err = fmt.Errorf("fsync: %w", err)
+			}
+		}
+	}
+}
+
+// apply decides and stages w in txn.
+func (w *durableWrite) apply(txn *badger.Txn) error {
+	w.current, w.swapped = nil, false
+	item, err := txn.Get(w.key)
+	switch {
+	case errors.Is(err, badger.ErrKeyNotFound):
+	case err != nil:
+		return err
+	default:
+		if w.current, err = item.ValueCopy(nil); err != nil {
+			return err
+		}
+	}
+	if (w.current == nil) != (w.old == nil) || !bytes.Equal(w.current, w.old) {
+		return nil
+	}
+	w.swapped, w.current = true, nil
+	if w.new == nil {
+		return txn.Delete(w.key)
+	}
+	e := badger.NewEntry(w.key, w.new)
+	e.ExpiresAt = uint64(w.expireAt.Unix())
+	return txn.SetEntry(e)
+}
