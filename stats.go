@@ -37,7 +37,7 @@ type Stats struct {
 type counters struct {
 	hits, misses, leases, takeovers, conflicts, mismatches, replays, inProgress atomic.Uint64
 	leaseLost, completed, failed, released                                      atomic.Uint64
-	sweeps, sweptExpired, gcRuns, cacheHits                                     atomic.Uint64
+	sweeps, sweptExpired, gcRuns, cacheHits, getCacheHits                       atomic.Uint64
 	gcReclaimed, diskBytes                                                      atomic.Int64
 	staleLeases                                                                 atomic.Int64
 	lastGC                                                                      atomic.Int64 // UnixNano
@@ -49,12 +49,12 @@ type counters struct {
 func (s *Store) Stats() Stats {
 	c := &s.stats
 	st := Stats{
-		Hits: c.hits.Load(), Misses: c.misses.Load(), Leases: c.leases.Load(), Takeovers: c.takeovers.Load(),
+		Hits: c.hits.Load() + c.getCacheHits.Load(), Misses: c.misses.Load(), Leases: c.leases.Load(), Takeovers: c.takeovers.Load(),
 		Conflicts: c.conflicts.Load(), Mismatches: c.mismatches.Load(), Replays: c.replays.Load(),
 		InProgress: c.inProgress.Load(), LeaseLost: c.leaseLost.Load(), Completed: c.completed.Load(),
 		Failed: c.failed.Load(), Released: c.released.Load(),
 		Sweeps: c.sweeps.Load(), SweptExpired: c.sweptExpired.Load(), StaleLeases: int(c.staleLeases.Load()),
-		GCRuns: c.gcRuns.Load(), GCReclaimed: c.gcReclaimed.Load(), CacheHits: c.cacheHits.Load(),
+		GCRuns: c.gcRuns.Load(), GCReclaimed: c.gcReclaimed.Load(), CacheHits: c.cacheHits.Load() + c.getCacheHits.Load(),
 		DiskBytes: c.diskBytes.Load(), LastSweepTook: time.Duration(c.lastSweepTook.Load()),
 	}
 	if ns := c.lastGC.Load(); ns != 0 {

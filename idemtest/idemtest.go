@@ -689,6 +689,20 @@ func testReadCache(t *testing.T, open Opener) {
 	assert.ErrorIs(t, err, idem.ErrNotFound)
 	l2 := begin(t, s, "del", fpB)
 	require.NoError(t, l2.Release(ctx))
+
+	// A closed store answers ErrClosed, also for a key the cache holds.
+	require.NoError(t, begin(t, s, "kept", fpA).Complete(ctx, []byte("x")))
+	for i := 0; i < 5; i++ {
+		_, _ = s.Get(ctx, "kept")
+		time.Sleep(time.Millisecond)
+	}
+	hits := s.Stats().CacheHits
+	_, err = s.Get(ctx, "kept")
+	require.NoError(t, err)
+	assert.Greater(t, s.Stats().CacheHits, hits, "answered from the cache")
+	require.NoError(t, s.Close())
+	_, err = s.Get(ctx, "kept")
+	assert.ErrorIs(t, err, idem.ErrClosed)
 }
 
 func testStats(t *testing.T, open Opener) {
