@@ -164,7 +164,9 @@ func (b *BadgerBackend) Load(ctx context.Context, key string) ([]byte, error) {
 
 // CompareAndSwap implements Backend with one Badger update transaction:
 // Get, compare, Set. A commit that conflicts with another transaction on
-
+// the key is retried from the other's result. Under SyncAlways a durable
+// swap is group-committed with others and returns once fsynced (see
+// badger_commit.go).
 func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
 	if durable && b.mode == SyncAlways {
 		return b.durableCAS(ctx, key, old, new, expireAt)

@@ -21,7 +21,9 @@ import (
 
 // Limits on one batch, well inside Badger's transaction limits for the
 // memtable size in badgerOptions; a batch always takes at least one write.
-const (
+// A batch Badger still finds too big is split in two. (Variables so that a
+// test can force the split.)
+var (
 	batchMaxWrites = 256
 	batchMaxBytes  = 512 << 10
 )
@@ -80,6 +82,9 @@ func (b *BadgerBackend) commitBatches() {
 	q.mu.Unlock()
 
 	b.commitBatch(batch)
+	for _, w := range batch {
+		close(w.done)
+	}
 
 	q.mu.Lock()
 	more := len(q.pending) > 0
@@ -93,12 +98,9 @@ func (b *BadgerBackend) commitBatches() {
 	}
 }
 
+// commitBatch decides, commits and syncs batch, setting each write's
+// result.
 func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
-	defer func() {
-		for _, w := range batch {
-			close(w.done)
-		}
-	}()
 	var err error
 	for {
 		err = blockedRetry(context.Background(), func() error {

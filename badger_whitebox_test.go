@@ -167,3 +167,33 @@ func TestPhysicalExpiry(t *testing.T) {
 		assert.False(t, got.Before(real.Add(tc.remaining)), "never before the logical expiry")
 	}
 }
+
+// A batch Badger refuses as too big is split, and every write in it is
+// still decided and answered once.
+func TestGroupCommitSplitsTooBigBatch(t *testing.T) {
+	defer func(w, n int) { batchMaxWrites, batchMaxBytes = w, n }(batchMaxWrites, batchMaxBytes)
+	batchMaxWrites, batchMaxBytes = 1<<20, 1<<30
+	var syncs atomic.Int64
+	b := openBackend(t, func(sync func() error) func() error {
+		return func() error { syncs.Add(1); return sync() }
+	})
+	ctx := context.Background()
+	value := bytes.Repeat([]byte("v"), 300<<10) // 40 of them exceed Badger's batch limit
+	var wg sync.WaitGroup
+	for i := 0; i < 40; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, swapped, err := b.CompareAndSwap(ctx, fmt.Sprint("big-", i), nil, value, time.Now().Add(time.Hour), true)
+			assert.NoError(t, err)
+			assert.True(t, swapped)
+		}()
+	}
+	wg.Wait()
+	for i := 0; i < 40; i++ {
+		v, err := b.Load(ctx, fmt.Sprint("big-", i))
+		require.NoError(t, err)
+		require.Len(t, v, len(value))
+	}
+	assert.Positive(t, syncs.Load())
+}
