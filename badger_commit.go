@@ -23,6 +23,10 @@ import (
 // memtable size in badgerOptions; a batch always takes at least one write.
 // A batch Badger still finds too big is split in two. (Variables so that a
 // test can force the split.)
+// blockedWritesLimit bounds how long a batch waits while Badger refuses
+// writes.
+const blockedWritesLimit = time.Minute
+
 var (
 	batchMaxWrites = 256
 	batchMaxBytes  = 512 << 10
@@ -101,9 +105,14 @@ func (b *BadgerBackend) commitBatches() {
 // commitBatch decides, commits and syncs batch, setting each write's
 // result.
 func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
+	// The writers wait for the batch whatever their contexts say, so the
+	// wait for writes that Badger blocks for a moment (reclaim) is bounded
+	// here.
+	ctx, cancel := context.WithTimeout(context.Background(), blockedWritesLimit)
+	defer cancel()
 	var err error
 	for {
-		err = blockedRetry(context.Background(), func() error {
+		err = blockedRetry(ctx, func() error {
 			return b.db.Update(func(txn *badger.Txn) error {
 				for _, w := range batch {
 					if err := w.apply(txn); err != nil {
@@ -128,6 +137,9 @@ func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
 	swapped := false
 	for _, w := range batch {
 		w.err = err
+		if err != nil {
+			w.current, w.swapped = nil, false
+		}
 		swapped = swapped || w.swapped
 	}
 	if err != nil || !swapped {
