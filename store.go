@@ -197,19 +197,18 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 	}
 	defer s.mu.RUnlock()
 
+	pol := s.opts.policyFor(ctx)
 	if s.cache != nil {
-		if rec := s.cache.get(key, s.now()); rec != nil {
+		// A cached record is finished, so the state table answers with a
+		// replay or a mismatch, never a lease.
+		now := s.now()
+		if rec := s.cache.get(key, now); rec != nil {
 			s.stats.cacheHits.Add(1)
-			if !bytes.Equal(rec.Fingerprint, fingerprint) {
-				s.stats.mismatches.Add(1)
-				return nil, rec, wrap("begin", key, ErrFingerprintMismatch)
-			}
-			s.stats.replays.Add(1)
-			return nil, rec, nil
+			_, _, err := s.decideBegin(key, rec, fingerprint, pol, now)
+			return nil, rec, err
 		}
 	}
 
-	pol := s.opts.policyFor(ctx)
 	// The first attempt assumes the key is new: one transaction claims it,
 	// or returns what is stored.
 	var cur []byte
@@ -224,6 +223,9 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 		}
 		next, takeover, err := s.decideBegin(key, old, fingerprint, pol, now)
 		if next == nil {
+			if err == nil && s.cache != nil {
+				s.cache.put(old, now) // a replay: the record is finished
+			}
 			return nil, old, err
 		}
 		if takeover {
@@ -280,9 +282,6 @@ func (s *Store) decideBegin(key string, old *Record, fp []byte, pol policy, now 
 		return nil, false, wrap("begin", key, ErrInProgress)
 	case old.Finished():
 		s.stats.replays.Add(1)
-		if s.cache != nil {
-			s.cache.put(old, now)
-		}
 		return nil, false, nil
 	}
 	// A lapsed lease, or a retryable failure: a new lease on the same record.

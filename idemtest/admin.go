@@ -14,26 +14,30 @@ import (
 	"github.com/idemdb/idem"
 )
 
-// syncBuffer is a bytes.Buffer safe for the store's goroutines to log into.
-type syncBuffer struct {
+// SyncBuffer is a bytes.Buffer that is safe for simultaneous use by
+// multiple goroutines: a store's or a server's goroutines log into it while
+// a test reads it. The zero value is ready to use.
+type SyncBuffer struct {
 	mu sync.Mutex // protects b
 	b  bytes.Buffer
 }
 
-func (w *syncBuffer) Write(p []byte) (int, error) {
+// Write appends p to the buffer.
+func (w *SyncBuffer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.Write(p)
 }
 
-func (w *syncBuffer) String() string {
+// String returns what was written so far.
+func (w *SyncBuffer) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.b.String()
 }
 
 // logTo makes the store log into w.
-func logTo(w *syncBuffer) func(*idem.Options) {
+func logTo(w *SyncBuffer) func(*idem.Options) {
 	return func(o *idem.Options) { o.Logger = slog.New(slog.NewTextHandler(w, nil)) }
 }
 
@@ -41,7 +45,7 @@ func testForceRelease(t *testing.T, open Opener) {
 	ctx := context.Background()
 
 	t.Run("releases the holder's lease and fences it out", func(t *testing.T) {
-		var logs syncBuffer
+		var logs SyncBuffer
 		s, clk := fixture(t, open, logTo(&logs))
 		l := begin(t, s, "k", fpA)
 		clk.Advance(leaseTTL + time.Second) // the holder crashed: a stale lease
@@ -100,7 +104,7 @@ func testForceFail(t *testing.T, open Opener) {
 	ctx := context.Background()
 
 	t.Run("permanent", func(t *testing.T) {
-		var logs syncBuffer
+		var logs SyncBuffer
 		s, clk := fixture(t, open, logTo(&logs))
 		l := begin(t, s, "k", fpA)
 		clk.Advance(time.Minute)
@@ -179,7 +183,7 @@ func testForceDelete(t *testing.T, open Opener) {
 	ctx := context.Background()
 
 	t.Run("the record seen", func(t *testing.T) {
-		var logs syncBuffer
+		var logs SyncBuffer
 		s, _ := fixture(t, open, logTo(&logs))
 		require.NoError(t, begin(t, s, "k", fpA).Complete(ctx, []byte("x")))
 		seen := rec0(t, s, "k")

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemtest"
 )
 
 func TestDemo(t *testing.T) {
@@ -105,25 +106,6 @@ func TestServeStops(t *testing.T) {
 	require.Contains(t, logs.String(), "listening")
 }
 
-// lockedBuffer is a bytes.Buffer safe for a server's goroutines to log to
-// while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex // protects b
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // freeAddr returns a loopback address nothing listens on.
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -136,11 +118,11 @@ func freeAddr(t *testing.T) string {
 // startServe runs serve with cfg and returns once cfg.addr answers. stop
 // ends it and checks that it stopped cleanly; the test's end calls it too.
 // The server logs into the returned buffer.
-func startServe(t *testing.T, cfg serveConfig) (logs *lockedBuffer, stop func()) {
+func startServe(t *testing.T, cfg serveConfig) (logs *idemtest.SyncBuffer, stop func()) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	logs = &lockedBuffer{}
+	logs = &idemtest.SyncBuffer{}
 	go func() { done <- serve(ctx, cfg, logs) }()
 	var once sync.Once
 	stop = func() {
