@@ -2,6 +2,7 @@ package idem
 
 import (
 	"bytes"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/ristretto/v2"
@@ -14,6 +15,10 @@ import (
 type recordCache struct {
 	c   *ristretto.Cache[string, *Record]
 	ttl time.Duration
+	// gen counts deletions. A reader takes it before reading the backend
+	// and puts what it read only if no deletion happened meanwhile, so a
+	// record deleted during the read is not cached after its deletion.
+	gen atomic.Uint64
 }
 
 func newRecordCache(size int64, ttl time.Duration) *recordCache {
@@ -50,10 +55,14 @@ func (c *recordCache) get(key string, now time.Time) *Record {
 	return &cp
 }
 
-// put caches a finished record for the shorter of its remaining life and
-// the cache's TTL. The record must not be changed afterwards.
-func (c *recordCache) put(r *Record, now time.Time) {
-	if !r.Finished() {
+// epoch returns the deletion count to pass to put after a backend read.
+func (c *recordCache) epoch() uint64 { return c.gen.Load() }
+
+// put caches a finished record, read from the backend when the deletion
+// count was epoch, for the shorter of its remaining life and the cache's
+// TTL. The record must not be changed afterwards.
+func (c *recordCache) put(r *Record, now time.Time, epoch uint64) {
+	if !r.Finished() || c.gen.Load() != epoch {
 		return
 	}
 	ttl := min(r.ExpiresAt.Sub(now), c.ttl)
@@ -66,6 +75,13 @@ func (c *recordCache) put(r *Record, now time.Time) {
 	c.c.SetWithTTL(r.Key, &cp, int64(len(r.Key)+len(cp.Fingerprint)+len(cp.Response)+160), ttl)
 }
 
-func (c *recordCache) del(key string) { c.c.Del(key) }
+// del drops key from the cache. Ristretto applies sets asynchronously, so
+// a set still buffered could otherwise land after the deletion; Wait
+// applies everything buffered before del returns.
+func (c *recordCache) del(key string) {
+	c.gen.Add(1)
+	c.c.Del(key)
+	c.c.Wait()
+}
 
 func (c *recordCache) close() { c.c.Close() }

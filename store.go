@@ -198,7 +198,9 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 	defer s.mu.RUnlock()
 
 	pol := s.opts.policyFor(ctx)
+	var epoch uint64
 	if s.cache != nil {
+		epoch = s.cache.epoch()
 		// A cached record is finished, so the state table answers with a
 		// replay or a mismatch, never a lease.
 		now := s.now()
@@ -224,7 +226,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 		next, takeover, err := s.decideBegin(key, old, fingerprint, pol, now)
 		if next == nil {
 			if err == nil && s.cache != nil {
-				s.cache.put(old, now) // a replay: the record is finished
+				s.cache.put(old, now, epoch) // a replay: the record is finished
 			}
 			return nil, old, err
 		}
@@ -337,6 +339,10 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 		return nil, wrap("get", key, err)
 	}
 	defer s.mu.RUnlock()
+	var epoch uint64
+	if s.cache != nil {
+		epoch = s.cache.epoch()
+	}
 	data, err := s.b.Load(ctx, key)
 	if err != nil {
 		return nil, wrap("get", key, err)
@@ -355,7 +361,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 	}
 	s.stats.hits.Add(1)
 	if s.cache != nil && rec.Finished() {
-		s.cache.put(rec, now)
+		s.cache.put(rec, now, epoch)
 	}
 	return rec, nil
 }

@@ -690,6 +690,18 @@ func testReadCache(t *testing.T, open Opener) {
 	l2 := begin(t, s, "del", fpB)
 	require.NoError(t, l2.Release(ctx))
 
+	// A deleted key is never answered from the cache, however soon after
+	// it was read (and cached) the next Begin comes.
+	for i := 0; i < 500; i++ {
+		l := begin(t, s, "again", fpA)
+		require.NoError(t, l.Complete(ctx, []byte("x")))
+		_, err = s.Get(ctx, "again")
+		require.NoError(t, err)
+		require.NoError(t, s.Delete(ctx, "again"))
+		_, err = s.Get(ctx, "again")
+		require.ErrorIs(t, err, idem.ErrNotFound, "round %d: deleted record read back", i)
+	}
+
 	// A closed store answers ErrClosed, also for a key the cache holds.
 	require.NoError(t, begin(t, s, "kept", fpA).Complete(ctx, []byte("x")))
 	for i := 0; i < 5; i++ {
