@@ -50,10 +50,11 @@ type Backend interface {
 // background loop calls it every Options.GCInterval.
 type GarbageCollector interface {
 	// CollectGarbage does one round of clean-up and reports the bytes of
-	// disk use before and after it. live is the number of live records the
-	// store's sweep just counted, for backends that decide from it whether
-	// a costly clean-up is worth it.
-	CollectGarbage(ctx context.Context, live int) (before, after int64, err error)
+	// disk use before and after it. present is the number of records the
+	// store's sweep just saw (live, expired but not yet dropped, and
+	// undecodable), for backends that decide from it whether a costly
+	// clean-up is worth it.
+	CollectGarbage(ctx context.Context, present int) (before, after int64, err error)
 }
 
 // DiskUser is implemented by backends that can report their disk use in

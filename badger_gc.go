@@ -1,6 +1,7 @@
 package idem
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -42,15 +43,11 @@ var (
 	gcSentinel   = []byte("\xffgc-sentinel")
 )
 
-// reclaimFloor is the table size under which reclaim is not worth a
-// rewrite of the tree.
-const reclaimFloor = 4 << 20
-
 // CollectGarbage implements GarbageCollector: value-log GC until Badger has
-// nothing to rewrite, then, when the tables hold more than twice as many
-// entries as there are live records, the reclaim procedure described
-// above. live is the number of live records the store's sweep counted.
-func (b *BadgerBackend) CollectGarbage(ctx context.Context, live int) (before, after int64, err error) {
+// nothing to rewrite, then, when Badger holds more than twice as many
+// entries as there are records present, the reclaim procedure described
+// above. present is the number of records the store's sweep saw.
+func (b *BadgerBackend) CollectGarbage(ctx context.Context, present int) (before, after int64, err error) {
 	before = b.DiskUsage()
 	defer func() { after = b.DiskUsage() }()
 	for ctx.Err() == nil {
@@ -64,7 +61,7 @@ func (b *BadgerBackend) CollectGarbage(ctx context.Context, live int) (before, a
 	if err := ctx.Err(); err != nil {
 		return before, 0, err
 	}
-	if !b.shouldReclaim(live) {
+	if !b.shouldReclaim(present) {
 		return before, 0, nil
 	}
 	if err := b.reclaim(); err != nil {
@@ -73,23 +70,42 @@ func (b *BadgerBackend) CollectGarbage(ctx context.Context, live int) (before, a
 	return before, 0, nil
 }
 
-// shouldReclaim reports whether the tables (including the memtables, whose
-// files count as disk use) hold many more entries than live records: the
-// table key counts include expired entries and tombstones, which a sweep
-// does not see.
-func (b *BadgerBackend) shouldReclaim(live int) bool {
-	var keys uint64
-	var size int64
-	for _, t := range b.db.Tables() {
-		keys += uint64(t.KeyCount)
-		size += int64(t.OnDiskSize)
+// shouldReclaim reports whether Badger holds many more keys than there are
+// records still present (live ones and those expired but not yet dropped):
+// the surplus is expired entries and tombstones, which only reclaim gives
+// back.
+//
+// The keys are counted with a key-only iteration over every version,
+// expired and deleted entries included, across the memtables and the
+// tables alike (the tables' own key counts miss the memtables, which may
+// hold everything after a burst of writes followed by silence, and count
+// each version of a key apart). The iteration stops as soon as it passes
+// the limit, so it costs about as much as the sweep that counted the
+// records. The decision never depends on bytes of disk, which compressing
+// filesystems report smaller than the data.
+func (b *BadgerBackend) shouldReclaim(present int) bool {
+	limit := 2*uint64(present) + 1000
+	return b.countKeys(limit) > limit
+}
+
+// countKeys counts the distinct keys in the store, expired and deleted
+// ones included, stopping once the count passes limit.
+func (b *BadgerBackend) countKeys(limit uint64) uint64 {
+	txn := b.db.NewTransaction(false)
+	defer txn.Discard()
+	it := txn.NewIterator(badger.IteratorOptions{AllVersions: true})
+	defer it.Close()
+	var n uint64
+	var prev []byte
+	for it.Rewind(); it.Valid() && n <= limit; it.Next() {
+		k := it.Item().Key()
+		if n > 0 && bytes.Equal(k, prev) {
+			continue
+		}
+		prev = append(prev[:0], k...)
+		n++
 	}
-	if size < reclaimFloor {
-		// Most of the disk may be in memtables not yet flushed: flush when
-		// the directory is large and the live records few.
-		return b.DiskUsage() > 8*reclaimFloor && live < 1000
-	}
-	return keys > 2*uint64(live)+1000
+	return n
 }
 
 func (b *BadgerBackend) reclaim() error {

@@ -101,7 +101,7 @@ func (s *Store) CollectGarbage(ctx context.Context) (GCReport, error) {
 		s.log.Warn("idem: stale leases found", "count", rep.StaleLeases)
 	}
 	if gc, ok := s.b.(GarbageCollector); ok {
-		before, after, err := gc.CollectGarbage(ctx, rep.Records)
+		before, after, err := gc.CollectGarbage(ctx, rep.Records+rep.Expired+rep.Corrupt)
 		rep.DiskBefore, rep.DiskAfter = before, after
 		s.stats.gcRuns.Add(1)
 		s.stats.gcReclaimed.Add(rep.Reclaimed())
