@@ -33,8 +33,8 @@ import (
 //  3. Flatten: now that two levels hold data, it compacts into the last
 //     level, and there expired entries and tombstones are dropped.
 //
-// The whole LSM tree is rewritten, so reclaim runs only when the tables
-// hold much more than the live records (see shouldReclaim). While
+// The whole LSM tree is rewritten, so reclaim runs only when Badger
+// holds many more keys than records present (see shouldReclaim). While
 // DropPrefix runs, Badger refuses commits with ErrBlockedWrites for a
 // moment; CompareAndSwap and Delete wait and retry.
 var (
