@@ -111,8 +111,78 @@ func TestStoreFlags(t *testing.T) {
 
 	r = idemCmd(t, "", "get", "-redis", "redis://:s3cret@127.0.0.1:1/0", "k")
 	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "no Redis at redis://:xxxxx@127.0.0.1:1/0")
+	assert.Contains(t, r.stderr, "no answer from Redis at redis://:xxxxx@127.0.0.1:1/0")
 	assert.NotContains(t, r.stderr, "s3cret", "passwords stay out of messages")
+
+	r = idemCmd(t, "", "get", "-redis", "127.0.0.1:1,127.0.0.1:2", "k")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "names several servers: pass -redis-cluster for a Redis Cluster, or -redis-sentinel MASTER")
+	r = idemCmd(t, "", "get", "-redis", "127.0.0.1:1", "-redis-cluster", "-redis-sentinel", "m", "k")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "-redis-cluster and -redis-sentinel are mutually exclusive")
+	r = idemCmd(t, "", "get", "-data", dir, "-redis-cluster", "k")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "-redis-cluster and -redis-sentinel need -redis")
+}
+
+// TestRedisClusterAndSentinel imports a store into a real three-node Redis
+// Cluster and into a master found through a real Sentinel, and reads it
+// back with the commands: records spread over the cluster's nodes are all
+// listed, and a repair works on each.
+func TestRedisClusterAndSentinel(t *testing.T) {
+	dir, tokens := prepare(t)
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	r := idemCmd(t, "", "export", "-o", file, "-data", dir)
+	require.Equal(t, 1, r.code, "the corrupt record is skipped: %s", r.stderr)
+
+	cluster := redistest.StartCluster(t)
+	master := redistest.Start(t)
+	sentinel := redistest.StartSentinel(t, master, "payments")
+	for _, c := range []struct {
+		name  string
+		flags []string
+	}{
+		{"cluster", []string{"-redis-cluster", "-redis", strings.Join(cluster.Addrs[:2], ",")}},
+		{"cluster-url", []string{"-redis-cluster", "-redis", "redis://" + cluster.Addrs[0] + "?addr=" + cluster.Addrs[1]}},
+		{"sentinel", []string{"-redis-sentinel", "payments", "-redis", sentinel.Addr}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			on := func(args ...string) []string {
+				return append(append([]string{args[0], "-redis-prefix", c.name + ":"}, c.flags...), args[1:]...)
+			}
+			r := idemCmd(t, "", on("import", file)...)
+			require.Equal(t, 0, r.code, r.stderr)
+			assert.Contains(t, r.stdout, "imported 4 records")
+
+			r = idemCmd(t, "", on("list", "-json")...)
+			require.Equal(t, 0, r.code, r.stderr)
+			assert.Equal(t, 4, strings.Count(r.stdout, "\n"), r.stdout)
+			for key := range tokens {
+				assert.Contains(t, r.stdout, `"`+key+`"`)
+			}
+			r = idemCmd(t, "", on("get", "t1/done")...)
+			require.Equal(t, 0, r.code, r.stderr)
+			assert.Contains(t, r.stdout, `"charge ch_1: 5000 USD"`)
+
+			r = idemCmd(t, "", on("release", "-yes", "t1/stuck")...)
+			require.Equal(t, 0, r.code, r.stderr)
+			r = idemCmd(t, "", on("get", "t1/stuck")...)
+			assert.Equal(t, 1, r.code, "released: %s", r.stdout)
+		})
+	}
+	// The records of the cluster run landed on more than one node.
+	nodes := 0
+	for _, a := range cluster.Addrs {
+		n, err := redistest.Command(a, "DBSIZE")
+		require.NoError(t, err)
+		if n != "0" {
+			nodes++
+		}
+	}
+	assert.Greater(t, nodes, 1, "records spread over the cluster's nodes")
+	n, err := redistest.Command(master.Addr, "EXISTS", "sentinel:t1/done")
+	require.NoError(t, err)
+	assert.Equal(t, "1", n, "the sentinel run wrote to the master")
 }
 
 // TestDemoRedis runs idem demo on a real redis-server: one charge per key

@@ -25,6 +25,8 @@ type storeFlags struct {
 	data        string // Badger data directory
 	redis       string // Redis address or URL
 	redisPrefix string // Redis key prefix; "" means redisstore.DefaultPrefix
+	cluster     bool   // -redis names the seed nodes of a Redis Cluster
+	sentinel    string // -redis names the Sentinels of this master
 	defaultData string // data directory used when neither -data nor -redis is given; "" means one is required
 }
 
@@ -33,6 +35,8 @@ func addStoreFlags(fs *flag.FlagSet) *storeFlags {
 	fs.StringVar(&f.data, "data", "", "data directory `DIR` of the Badger store (this or -redis is required)")
 	fs.StringVar(&f.redis, "redis", "", "use the Redis store at `ADDR` (host:port, or a redis:// or rediss:// URL for a password, database or TLS) instead of -data")
 	fs.StringVar(&f.redisPrefix, "redis-prefix", "", "Redis key `PREFIX` of the store, with -redis (default \""+redisstore.DefaultPrefix+"\")")
+	fs.BoolVar(&f.cluster, "redis-cluster", false, "-redis names seed nodes of a Redis Cluster (host:port,host:port or a URL with addr= parameters)")
+	fs.StringVar(&f.sentinel, "redis-sentinel", "", "-redis names the Sentinels (host:port,host:port or a URL) of the master `NAME`")
 	return f
 }
 
@@ -52,6 +56,12 @@ func (f *storeFlags) check() error {
 		return usageErr("-data and -redis are mutually exclusive: pass one")
 	case f.redisPrefix != "" && f.redis == "":
 		return usageErr("-redis-prefix needs -redis")
+	case (f.cluster || f.sentinel != "") && f.redis == "":
+		return usageErr("-redis-cluster and -redis-sentinel need -redis")
+	case f.cluster && f.sentinel != "":
+		return usageErr("-redis-cluster and -redis-sentinel are mutually exclusive: pass one")
+	case strings.Contains(f.redis, ",") && !f.cluster && f.sentinel == "":
+		return usageErr("-redis %s names several servers: pass -redis-cluster for a Redis Cluster, or -redis-sentinel MASTER for Sentinels", redactURL(f.redis))
 	case f.data == "" && f.redis == "" && f.defaultData == "":
 		return usageErr("no store given: pass -data DIR or -redis ADDR")
 	}
@@ -61,7 +71,12 @@ func (f *storeFlags) check() error {
 // String names the store for people: "Badger store in DIR" or "Redis at
 // ADDR, prefix P".
 func (f *storeFlags) String() string {
-	if f.redis != "" {
+	switch {
+	case f.cluster:
+		return fmt.Sprintf("Redis Cluster at %s, prefix %q", redactURL(f.redis), f.prefix())
+	case f.sentinel != "":
+		return fmt.Sprintf("Redis master %q through Sentinels at %s, prefix %q", f.sentinel, redactURL(f.redis), f.prefix())
+	case f.redis != "":
 		return fmt.Sprintf("Redis at %s, prefix %q", redactURL(f.redis), f.prefix())
 	}
 	return "Badger store in " + f.dir()
@@ -124,16 +139,15 @@ func (f *storeFlags) open(opts *idem.Options) (*idem.Store, error) {
 }
 
 func (f *storeFlags) openRedis(opts *idem.Options) (*idem.Store, error) {
-	ropts, err := redisOptions(f.redis)
+	rdb, err := f.redisClient()
 	if err != nil {
 		return nil, err
 	}
-	rdb := redis.NewClient(ropts)
 	ctx, cancel := context.WithTimeout(context.Background(), redisPingTimeout)
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("no Redis at %s: %w", redactURL(f.redis), err)
+		return nil, fmt.Errorf("no answer from %s: %w", f, err)
 	}
 	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: f.prefix()})
 	s, err := idem.New(ownedClient{b, rdb}, opts)
@@ -144,21 +158,59 @@ func (f *storeFlags) openRedis(opts *idem.Options) (*idem.Store, error) {
 	return s, nil
 }
 
-// redisOptions returns the client options for addr, a host:port or a
-// redis:// or rediss:// URL.
-func redisOptions(addr string) (*redis.Options, error) {
-	o := &redis.Options{Addr: addr}
-	if strings.Contains(addr, "://") {
+// redisClient returns a client for the Redis f names: one server (a
+// host:port or a redis:// or rediss:// URL), a Redis Cluster
+// (-redis-cluster: seed nodes as a comma-separated list or a URL with addr=
+// parameters) or a master found through Sentinels (-redis-sentinel NAME:
+// the Sentinels as a list or a URL).
+func (f *storeFlags) redisClient() (redis.UniversalClient, error) {
+	isURL := strings.Contains(f.redis, "://")
+	bad := func(err error) error { return usageErr("-redis %s: %v", redactURL(f.redis), err) }
+	switch {
+	case f.cluster:
+		o := &redis.ClusterOptions{Addrs: splitAddrs(f.redis)}
+		if isURL {
+			var err error
+			if o, err = redis.ParseClusterURL(f.redis); err != nil {
+				return nil, bad(err)
+			}
+		}
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+		return redis.NewClusterClient(o), nil
+	case f.sentinel != "":
+		o := &redis.FailoverOptions{SentinelAddrs: splitAddrs(f.redis)}
+		if isURL {
+			var err error
+			if o, err = redis.ParseFailoverURL(f.redis); err != nil {
+				return nil, bad(err)
+			}
+		}
+		o.MasterName = f.sentinel
+		o.ContextTimeoutEnabled = true
+		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+		return redis.NewFailoverClient(o), nil
+	}
+	o := &redis.Options{Addr: f.redis}
+	if isURL {
 		var err error
-		if o, err = redis.ParseURL(addr); err != nil {
-			return nil, usageErr("-redis %s: %v", redactURL(addr), err)
+		if o, err = redis.ParseURL(f.redis); err != nil {
+			return nil, bad(err)
 		}
 	}
 	o.ContextTimeoutEnabled = true
-	o.DialTimeout = redisDialTimeout
-	o.ReadTimeout = redisIOTimeout
-	o.WriteTimeout = redisIOTimeout
-	return o, nil
+	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
+	return redis.NewClient(o), nil
+}
+
+func splitAddrs(s string) []string {
+	var addrs []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	return addrs
 }
 
 // redactURL hides the password of a redis:// URL, for messages and logs.
@@ -177,7 +229,7 @@ func redactURL(addr string) string {
 // it closes the client too, which redisstore leaves to its caller.
 type ownedClient struct {
 	*redisstore.Backend
-	rdb *redis.Client
+	rdb redis.UniversalClient
 }
 
 func (o ownedClient) Close() error {

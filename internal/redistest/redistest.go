@@ -73,13 +73,36 @@ func Require(t testing.TB) string {
 // ("--appendonly", "yes"). The server is stopped when t ends.
 func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
-	return start(t, false, extra)
+	return start(t, false, "", extra)
 }
 
-func start(t testing.TB, cluster bool, extra []string) *Server {
+// StartSentinel starts a Redis Sentinel (redis-server in sentinel mode)
+// that monitors master under the name masterName, with a quorum of one,
+// and returns it once it reports the master's address. It is stopped when
+// t ends.
+func StartSentinel(t testing.TB, master *Server, masterName string) *Server {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(master.Addr)
+	s := start(t, false, fmt.Sprintf("sentinel monitor %s %s %s 1\n", masterName, host, port), []string{"--sentinel"})
+	deadline := time.Now().Add(startTimeout)
+	for time.Now().Before(deadline) {
+		reply, err := Command(s.Addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", masterName)
+		if err == nil && strings.Contains(reply, port) {
+			return s
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("redistest: sentinel %s does not report master %s within %v", s.Addr, masterName, startTimeout)
+	return nil
+}
+
+// start starts a server for t: a cluster node when cluster is set, and
+// with conf, when not empty, as its configuration file (which Sentinel
+// needs, and rewrites).
+func start(t testing.TB, cluster bool, conf string, extra []string) *Server {
 	t.Helper()
 	bin := Require(t)
-	s, err := launch(bin, t.TempDir(), cluster, extra)
+	s, err := launch(bin, t.TempDir(), cluster, conf, extra)
 	if err != nil {
 		t.Fatalf("redistest: %v", err)
 	}
@@ -98,7 +121,7 @@ func StartServer(dir string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("redistest: %w", ErrNotInstalled)
 	}
-	s, err := launch(bin, dir, false, nil)
+	s, err := launch(bin, dir, false, "", nil)
 	if err != nil {
 		return nil, fmt.Errorf("redistest: %w", err)
 	}
@@ -106,8 +129,9 @@ func StartServer(dir string) (*Server, error) {
 }
 
 // launch starts redis-server from bin on a free loopback port, with its
-// files in a new directory under root.
-func launch(bin, root string, cluster bool, extra []string) (*Server, error) {
+// files in a new directory under root, and conf as its configuration file
+// when conf is not empty.
+func launch(bin, root string, cluster bool, conf string, extra []string) (*Server, error) {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort(cluster)
@@ -118,11 +142,19 @@ func launch(bin, root string, cluster bool, extra []string) (*Server, error) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, err
 		}
-		args := []string{
+		var args []string
+		if conf != "" {
+			file := filepath.Join(dir, "redis.conf")
+			if err := os.WriteFile(file, []byte(conf), 0o644); err != nil {
+				return nil, err
+			}
+			args = append(args, file)
+		}
+		args = append(args,
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"),
 			"--save", "", "--appendonly", "no", "--daemonize", "no",
-		}
+		)
 		if cluster {
 			args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
 		}
@@ -259,7 +291,7 @@ func StartCluster(t testing.TB) *Cluster {
 	}
 	c := &Cluster{}
 	for i := 0; i < 3; i++ {
-		n := start(t, true, nil)
+		n := start(t, true, "", nil)
 		c.Nodes = append(c.Nodes, n)
 		c.Addrs = append(c.Addrs, n.Addr)
 	}
@@ -315,8 +347,9 @@ func freePort(cluster bool) (int, error) {
 }
 
 // Command sends one command to addr over a fresh connection, in the RESP
-// protocol, and returns a simple or bulk string reply. It is for readiness
-// checks, so that the helper needs no client library.
+// protocol, and returns its reply as a string (an array's elements joined
+// by spaces). It is for readiness checks, so that the helper needs no
+// client library.
 func Command(addr string, args ...string) (string, error) {
 	conn, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
@@ -332,7 +365,12 @@ func Command(addr string, args ...string) (string, error) {
 	if _, err := conn.Write([]byte(b.String())); err != nil {
 		return "", err
 	}
-	r := bufio.NewReader(conn)
+	return readReply(bufio.NewReader(conn))
+}
+
+// readReply reads one RESP reply: a status, error, integer, bulk string,
+// or an array of those (its elements joined by spaces).
+func readReply(r *bufio.Reader) (string, error) {
 	line, err := r.ReadString('\n')
 	if err != nil {
 		return "", err
@@ -355,6 +393,20 @@ func Command(addr string, args ...string) (string, error) {
 			return "", err
 		}
 		return string(buf[:n]), nil
+	case strings.HasPrefix(line, "*"):
+		n, err := strconv.Atoi(line[1:])
+		if err != nil {
+			return "", fmt.Errorf("redis: bad array reply %q", line)
+		}
+		elems := make([]string, 0, max(n, 0))
+		for range n {
+			e, err := readReply(r)
+			if err != nil {
+				return "", err
+			}
+			elems = append(elems, e)
+		}
+		return strings.Join(elems, " "), nil
 	default:
 		return "", fmt.Errorf("redis: unexpected reply %q", line)
 	}
