@@ -17,8 +17,9 @@
 //   - first time: the handler runs, its response is stored, then sent;
 //   - retry after completion: the stored response, byte for byte (status,
 //     headers, body), plus "Idempotent-Replayed: true";
-//   - retry while the first still runs: 409 with Retry-After, the seconds
-//     until the running request's lease lapses;
+//   - retry while the first still runs: 409 with Retry-After, by default
+//     as long as the first has run so far, from 1 second up to when its
+//     lease lapses (Options.RetryAfter);
 //   - the key reused with another request (method, route or body differ):
 //     422;
 //   - a malformed key, or a missing one where Options.Required says it is

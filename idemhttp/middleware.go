@@ -104,10 +104,14 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	lease, rec, err := m.s.Begin(ctx, skey, fp)
 	switch {
 	case errors.Is(err, idem.ErrInProgress) && rec != nil:
-		wait := int(math.Ceil(rec.LeaseUntil.Sub(m.now()).Seconds()))
+		retryAfter := m.cfg.RetryAfter
+		if retryAfter == nil {
+			retryAfter = DefaultRetryAfter
+		}
+		wait := max(int(math.Ceil(retryAfter(rec, m.now()).Seconds())), 1)
 		p := problemResponse(ProblemInProgress, http.StatusConflict, key,
-			fmt.Sprintf("a request with this key is still running; retry after %d seconds", max(wait, 1)))
-		p.header.Set("Retry-After", strconv.Itoa(max(wait, 1)))
+			fmt.Sprintf("a request with this key is still running; retry after %s", seconds(wait)))
+		p.header.Set("Retry-After", strconv.Itoa(wait))
 		m.write(w, p, false, time.Time{})
 		return
 	case errors.Is(err, idem.ErrFingerprintMismatch):
@@ -323,4 +327,12 @@ func (m *middleware) write(w http.ResponseWriter, resp *response, replayed bool,
 
 func bodyAllowed(status int) bool {
 	return status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// seconds returns "1 second" or "n seconds".
+func seconds(n int) string {
+	if n == 1 {
+		return "1 second"
+	}
+	return strconv.Itoa(n) + " seconds"
 }

@@ -209,11 +209,18 @@ func TestInProgress(t *testing.T) {
 	go func() { done <- serve(h, post("/payments", "k", "a")).Code }()
 	<-started
 
+	// Retry-After is as long as the request has run so far, at least a
+	// second, at most until its lease lapses.
 	w := serve(h, post("/payments", "k", "a"))
-	requireRecProblem(t, w, http.StatusConflict, idemhttp.ProblemInProgress, "still running", "10 seconds")
-	require.Equal(t, "10", w.Header().Get("Retry-After"))
+	requireRecProblem(t, w, http.StatusConflict, idemhttp.ProblemInProgress, "still running", "retry after 1 second")
+	require.Equal(t, "1", w.Header().Get("Retry-After"))
 
-	clock.Advance(6500 * time.Millisecond)
+	clock.Advance(2300 * time.Millisecond)
+	w = serve(h, post("/payments", "k", "a"))
+	requireRecProblem(t, w, http.StatusConflict, idemhttp.ProblemInProgress, "3 seconds")
+	require.Equal(t, "3", w.Header().Get("Retry-After"), "the time it has run so far, rounded up")
+
+	clock.Advance(4200 * time.Millisecond)
 	w = serve(h, post("/payments", "k", "a"))
 	require.Equal(t, http.StatusConflict, w.Code)
 	require.Equal(t, "4", w.Header().Get("Retry-After"), "seconds until the lease lapses, rounded up")
@@ -225,6 +232,31 @@ func TestInProgress(t *testing.T) {
 	require.Equal(t, http.StatusCreated, <-done)
 	require.Equal(t, "true", serve(h, post("/payments", "k", "a")).Header().Get("Idempotent-Replayed"))
 	require.EqualValues(t, 1, runs.Load())
+}
+
+// Options.RetryAfter replaces the default hint.
+func TestRetryAfterOption(t *testing.T) {
+	clock := idemtest.NewClock()
+	s := openStore(t, &idem.Options{Now: clock.Now})
+	started, release := make(chan struct{}), make(chan struct{})
+	var seen *idem.Record
+	h := idemhttp.New(s, &idemhttp.Options{RetryAfter: func(running *idem.Record, now time.Time) time.Duration {
+		seen = running
+		return running.LeaseUntil.Sub(now)
+	}})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		<-release
+	}))
+	done := make(chan struct{})
+	go func() { serve(h, post("/payments", "k", "a")); close(done) }()
+	<-started
+	w := serve(h, post("/payments", "k", "a"))
+	require.Equal(t, http.StatusConflict, w.Code)
+	require.Equal(t, "30", w.Header().Get("Retry-After"), "the store's 30 s lease")
+	require.NotNil(t, seen)
+	require.Equal(t, idem.StateInProgress, seen.State)
+	close(release)
+	<-done
 }
 
 func TestStoreUnavailable(t *testing.T) {

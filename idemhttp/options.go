@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/idemdb/idem"
 )
 
 // Outcome says how the middleware ends a key after the handler answered
@@ -95,9 +97,13 @@ type Options struct {
 	// Options.CompletedTTL and FailedTTL.
 	TTL func(*http.Request) time.Duration
 	// LeaseTTL is how long a lease lasts between renewals; the middleware
-	// renews it every third of that while the handler runs, and a 409
-	// carries Retry-After up to it. Zero means the store's LeaseTTL.
+	// renews it every third of that while the handler runs. Zero means the
+	// store's LeaseTTL.
 	LeaseTTL time.Duration
+	// RetryAfter says how long a client should wait before retrying a
+	// request whose key is still running (the 409's Retry-After, sent in
+	// whole seconds, at least 1). Nil means DefaultRetryAfter.
+	RetryAfter func(running *idem.Record, now time.Time) time.Duration
 
 	// Policy decides how a key ends for each response status. Nil means
 	// DefaultPolicy.
@@ -177,4 +183,15 @@ func (o *Options) config() config {
 		c.Logger = slog.Default()
 	}
 	return c
+}
+
+// DefaultRetryAfter is the default Options.RetryAfter: as long as the
+// running request has run so far (it is likely to need about as long
+// again), at least a second, and no longer than until its lease lapses,
+// when a retry takes the key over. So a retry soon after the first request
+// started is told to come back in a second, not when the lease would
+// lapse (up to LeaseTTL, 30 s by default, while renewal keeps it alive).
+func DefaultRetryAfter(running *idem.Record, now time.Time) time.Duration {
+	d := max(now.Sub(running.CreatedAt), time.Second)
+	return min(d, max(running.LeaseUntil.Sub(now), time.Second))
 }
