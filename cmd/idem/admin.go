@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -13,73 +15,57 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/idemprom"
 )
 
-// adminHandler serves the read-only admin endpoints of a running store,
-// for a listen address of its own (never the public one):
-//
-//	GET /metrics               Prometheus metrics gathered from reg
-//	GET /admin/records/{key}   one record as JSON (idem get -json), 404 when absent
-//	GET /admin/stats           records by state, stale leases, disk use and Stats counters
+// adminHandler serves the admin endpoint of a running store, for a listen
+// address of its own (never the public one): GET /metrics, Prometheus
+// metrics gathered from reg, beside idemadmin's /admin/ endpoints (records,
+// list, stats, and with repairs set the fenced repairs).
 //
 // reg should hold an idemprom.Collector for s (and the idemprom.Latency set
-// as its Observer); nil means a registry with a Collector alone. Nothing
-// here writes to the store. /admin/stats scans the whole store (see
-// idemprom.TakeCensus for the cost), bounded by the request's context.
-func adminHandler(s *idem.Store, reg *prometheus.Registry) http.Handler {
+// as its Observer); nil means a registry with a Collector alone.
+func adminHandler(s *idem.Store, reg *prometheus.Registry, repairs bool) http.Handler {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 		reg.MustRegister(idemprom.NewCollector(s, nil))
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /admin/records/{key...}", func(w http.ResponseWriter, r *http.Request) {
-		key := r.PathValue("key")
-		rec, err := s.Get(r.Context(), key)
-		switch {
-		case errors.Is(err, idem.ErrNotFound):
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
-		case errors.Is(err, idem.ErrInvalidKey):
-			writeJSON(w, http.StatusBadRequest, map[string]string{"error": err.Error()})
-		case err != nil:
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
-		default:
-			writeJSON(w, http.StatusOK, toJSON(rec))
-		}
-	})
-	mux.HandleFunc("GET /admin/stats", func(w http.ResponseWriter, r *http.Request) {
-		st, err := takeStats(r.Context(), s, "", "")
-		if err != nil {
-			writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
-			return
-		}
-		c := s.Stats()
-		st.Counters = &c
-		writeJSON(w, http.StatusOK, st)
-	})
+	mux.Handle("/admin/", idemadmin.Handler(s, &idemadmin.Options{Repairs: repairs}))
 	return mux
 }
 
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
-}
+// adminTimeout bounds one call to an admin endpoint; a list or stats scan
+// of a large store takes a while.
+const adminTimeout = 5 * time.Minute
 
-// fetchJSON reads path from the admin endpoint at addr (host:port or a
-// URL) into v. A non-200 answer is an error carrying the endpoint's
-// message.
-func fetchJSON(addr, path string, v any) error {
+// adminCall sends method path (with body as JSON when not nil) to the admin
+// endpoint at addr (host:port or a URL) and hands a 200 answer's body to
+// read. Any other answer is an error carrying the endpoint's message;
+// a 404 one is only that message, as from a store.
+func adminCall(addr, method, path string, body any, read func(io.Reader) error) error {
 	base := addr
 	if !strings.Contains(base, "://") {
 		base = "http://" + base
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), adminTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(base, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+path, rd)
 	if err != nil {
 		return fmt.Errorf("admin endpoint %s: %w", addr, err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -87,15 +73,46 @@ func fetchJSON(addr, path string, v any) error {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		var e struct{ Error string }
-		_ = json.NewDecoder(resp.Body).Decode(&e)
-		if resp.StatusCode == http.StatusNotFound && e.Error != "" {
-			return fmt.Errorf("%s (from %s)", e.Error, addr)
+		var p idemadmin.Problem
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		if resp.StatusCode == http.StatusNotFound && p.Error != "" {
+			return fmt.Errorf("%s (from %s)", p.Error, addr)
 		}
-		return fmt.Errorf("admin endpoint %s: %s: %s", addr, resp.Status, e.Error)
+		if resp.StatusCode == http.StatusConflict {
+			return fmt.Errorf("%s (from %s): %w", p.Error, addr, errRefused)
+		}
+		return fmt.Errorf("admin endpoint %s: %s: %s", addr, resp.Status, p.Error)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+	if err := read(resp.Body); err != nil {
+		if errors.Is(err, errStop) {
+			return err
+		}
 		return fmt.Errorf("admin endpoint %s: bad answer: %w", addr, err)
 	}
 	return nil
+}
+
+// errRefused marks a repair the admin endpoint refused because the record
+// changed since it was shown.
+var errRefused = errors.New("refused")
+
+// fetchJSON reads path from the admin endpoint at addr into v.
+func fetchJSON(addr, path string, v any) error {
+	return adminCall(addr, http.MethodGet, path, nil, func(r io.Reader) error {
+		return json.NewDecoder(r).Decode(v)
+	})
+}
+
+// streamJSON reads the JSON values, one a line, that path answers with,
+// calling next with the decoder until the stream ends or next fails.
+func streamJSON(addr, path string, next func(*json.Decoder) error) error {
+	return adminCall(addr, http.MethodGet, path, nil, func(r io.Reader) error {
+		dec := json.NewDecoder(r)
+		for dec.More() {
+			if err := next(dec); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 )
 
 func init() {
@@ -52,7 +53,7 @@ func init() {
 						return nil
 					}
 					n++
-					return enc.Encode(toJSON(rec))
+					return enc.Encode(idemadmin.FromRecord(rec))
 				})
 				if err == nil {
 					err = bw.Flush()

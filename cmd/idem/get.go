@@ -7,10 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"time"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 )
 
 func init() {
@@ -37,7 +37,7 @@ func init() {
 					return err
 				}
 				if *asJSON {
-					return json.NewEncoder(stdout).Encode(toJSON(rec))
+					return json.NewEncoder(stdout).Encode(idemadmin.FromRecord(rec))
 				}
 				return printRecord(stdout, rec, time.Now())
 			}
@@ -59,9 +59,9 @@ func getFromStore(sf *storeFlags, key string, stderr io.Writer) (*idem.Record, e
 }
 
 func getFromAdmin(addr, key string) (*idem.Record, error) {
-	var j recordJSON
-	if err := fetchJSON(addr, "/admin/records/"+url.PathEscape(key), &j); err != nil {
-		return nil, err
+	rec, err := adminTarget(addr).get(key)
+	if errors.Is(err, idem.ErrCorrupt) {
+		return nil, fmt.Errorf("%w\nthe record under %q cannot be read; `idem delete -admin %s %s` removes it", err, key, addr, key)
 	}
-	return fromJSON(&j)
+	return rec, err
 }

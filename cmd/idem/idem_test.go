@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/idemprom"
 )
 
@@ -177,7 +181,7 @@ func TestList(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var keys []string
 	for _, line := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
-		var j recordJSON
+		var j idemadmin.Record
 		require.NoError(t, json.Unmarshal([]byte(line), &j), line)
 		keys = append(keys, j.Key)
 	}
@@ -193,7 +197,7 @@ func TestStats(t *testing.T) {
 	dir, _ := prepare(t)
 	r := idemCmd(t, "", "stats", "-json", "-data", dir)
 	require.Equal(t, 0, r.code, r.stderr)
-	var st statsJSON
+	var st idemadmin.Stats
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
 	assert.Equal(t, map[string]int{"in-progress": 2, "completed": 1, "failed": 1}, st.Records)
 	assert.Equal(t, 1, st.Corrupt)
@@ -391,11 +395,32 @@ func TestAdmin(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(lat, idemprom.NewCollector(s, nil))
-	srv := httptest.NewServer(adminHandler(s, reg))
+	srv := httptest.NewServer(adminHandler(s, reg, false))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
-	r := idemCmd(t, "", "get", "-admin", addr, "t1/stuck")
+	// The directory is held by the server: list goes through the endpoint.
+	r := idemCmd(t, "", "list", "-admin", addr, "-stale")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Equal(t, []string{"t1/stuck"}, keysOf(r.stdout))
+	r = idemCmd(t, "", "list", "-admin", addr, "-state", "corrupt", "-json")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, `"key":"t3/bad","state":"corrupt"`)
+	r = idemCmd(t, "", "list", "-admin", addr, "-limit", "2")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Len(t, keysOf(r.stdout), 2)
+	assert.Contains(t, r.stderr, "stopped after 2 records")
+	r = idemCmd(t, "", "list", "-admin", addr, "-prefix", "t2/")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.ElementsMatch(t, []string{"t2/live", "t2/retry"}, keysOf(r.stdout))
+
+	// Repairs are off unless asked for.
+	r = idemCmd(t, "", "release", "-admin", addr, "-yes", "t1/stuck")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "repairs are off")
+	assert.Equal(t, idem.StateInProgress, mustGet(t, s, "t1/stuck").State)
+
+	r = idemCmd(t, "", "get", "-admin", addr, "t1/stuck")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "STALE")
 	assert.Contains(t, r.stdout, itoa(tokens["t1/stuck"]))
@@ -407,14 +432,14 @@ func TestAdmin(t *testing.T) {
 	r = idemCmd(t, "", "stats", "-admin", addr)
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Regexp(t, `in-progress:\s+2`, r.stdout)
-	assert.Regexp(t, `get hits:\s+1`, r.stdout, "live counters: the gets above")
+	assert.Regexp(t, `get hits:\s+3`, r.stdout, "live counters: the gets above (release reads first)")
 	assert.Regexp(t, `get misses:\s+1`, r.stdout)
 
-	var st statsJSON
+	var st idemadmin.Stats
 	require.NoError(t, fetchJSON(srv.URL, "/admin/stats", &st))
 	assert.Equal(t, 1, st.Corrupt)
 	require.NotNil(t, st.Counters)
-	assert.Equal(t, uint64(1), st.Counters.Hits)
+	assert.Equal(t, uint64(3), st.Counters.Hits)
 
 	resp, err := srv.Client().Get(srv.URL + "/metrics")
 	require.NoError(t, err)
@@ -423,12 +448,76 @@ func TestAdmin(t *testing.T) {
 	_, err = body.ReadFrom(resp.Body)
 	require.NoError(t, err)
 	assert.Contains(t, body.String(), `idem_records{state="in-progress"} 2`)
-	assert.Contains(t, body.String(), `idem_operation_duration_seconds_count{op="get",outcome="hit"} 1`)
+	assert.Contains(t, body.String(), `idem_operation_duration_seconds_count{op="get",outcome="hit"} 3`)
 
 	resp, err = srv.Client().Post(srv.URL+"/admin/stats", "text/plain", nil)
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, 405, resp.StatusCode, "read-only")
+}
+
+// TestAdminRepairs repairs a store held by a running server through its
+// admin endpoint, with repairs on: each repair is fenced on the record
+// shown, so one that changed meanwhile is refused and nothing changes.
+func TestAdminRepairs(t *testing.T) {
+	dir, tokens := prepare(t)
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, true))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	// A token that is not the record's: refused before asking.
+	r := idemCmd(t, "", "release", "-admin", addr, "-yes", "-token", "7", "t1/stuck")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "not 7 (-token)")
+
+	r = idemCmd(t, "n\n", "release", "-admin", addr, "t1/stuck")
+	assert.Equal(t, 1, r.code, "declined")
+	assert.Equal(t, idem.StateInProgress, mustGet(t, s, "t1/stuck").State)
+
+	r = idemCmd(t, "y\n", "release", "-admin", addr, "t1/stuck")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "done")
+	_, err = s.Get(ctx, "t1/stuck")
+	assert.ErrorIs(t, err, idem.ErrNotFound, "released")
+
+	r = idemCmd(t, "", "fail", "-admin", addr, "-yes", "-response", "declined by operator", "t2/live")
+	require.Equal(t, 0, r.code, r.stderr)
+	rec := mustGet(t, s, "t2/live")
+	assert.Equal(t, idem.StateFailed, rec.State)
+	assert.Equal(t, "declined by operator", string(rec.Response))
+	assert.False(t, rec.Retryable)
+
+	r = idemCmd(t, "", "fail", "-admin", addr, "-yes", "t1/done")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "not in progress")
+
+	r = idemCmd(t, "", "release", "-admin", addr, "-yes", "t3/bad")
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "cannot be read")
+	r = idemCmd(t, "", "delete", "-admin", addr, "-yes", "t3/bad")
+	require.Equal(t, 0, r.code, r.stderr)
+	_, err = s.Get(ctx, "t3/bad")
+	assert.ErrorIs(t, err, idem.ErrNotFound, "the corrupt record is gone")
+
+	// The server fences on the token it is sent: a record that changed
+	// between the look and the repair is left alone.
+	err = adminCall(addr, http.MethodPost, "/admin/delete/"+url.PathEscape("t1/done"),
+		idemadmin.RepairRequest{Token: tokens["t1/done"] + 1}, func(io.Reader) error { return nil })
+	require.ErrorIs(t, err, errRefused)
+	assert.Contains(t, err.Error(), "changed since it was shown")
+	assert.Equal(t, idem.StateCompleted, mustGet(t, s, "t1/done").State)
+
+	r = idemCmd(t, "", "delete", "-admin", addr, "-yes", "t1/done")
+	require.Equal(t, 0, r.code, r.stderr)
+	_, err = s.Get(ctx, "t1/done")
+	assert.ErrorIs(t, err, idem.ErrNotFound)
+
+	r = idemCmd(t, "", "delete", "-admin", addr, "-data", dir, "-yes", "t2/retry")
+	assert.Equal(t, 2, r.code)
+	assert.Contains(t, r.stderr, "mutually exclusive")
 }
 
 func mustGet(t *testing.T, s *idem.Store, key string) *idem.Record {

@@ -12,6 +12,7 @@ import (
 	"os"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 )
 
 func init() {
@@ -62,11 +63,11 @@ func importRecords(ctx context.Context, s *idem.Store, in io.Reader, overwrite b
 		if len(sc.Bytes()) == 0 {
 			continue
 		}
-		var j recordJSON
+		var j idemadmin.Record
 		err := json.Unmarshal(sc.Bytes(), &j)
 		var rec *idem.Record
 		if err == nil {
-			rec, err = fromJSON(&j)
+			rec, err = j.ToRecord()
 		}
 		if err == nil && rec.Expired(s.Options().Now()) {
 			expired++

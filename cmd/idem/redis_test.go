@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/internal/redistest"
 )
 
@@ -65,7 +66,7 @@ func TestBadgerToRedis(t *testing.T) {
 
 	r = idemCmd(t, "", on("stats", "-json")...)
 	require.Equal(t, 0, r.code, r.stderr)
-	var st statsJSON
+	var st idemadmin.Stats
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
 	assert.Equal(t, map[string]int{"in-progress": 2, "completed": 1, "failed": 1}, st.Records)
 	assert.Equal(t, 1, st.StaleLeases)
@@ -231,7 +232,7 @@ func TestServeRedis(t *testing.T) {
 
 	r := idemCmd(t, "", "list", "-redis", redisSrv.Addr, "-redis-prefix", "pay:", "-json")
 	require.Equal(t, 0, r.code, r.stderr)
-	var rec recordJSON
+	var rec idemadmin.Record
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &rec), r.stdout)
 	assert.True(t, strings.HasSuffix(rec.Key, ":order-1"), rec.Key)
 	assert.Equal(t, "completed", rec.State)

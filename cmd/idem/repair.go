@@ -6,16 +6,21 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"time"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 )
 
 // The repairs: release, fail and delete. Each reads the record, shows it,
 // asks for confirmation and applies the change fenced on what it showed
 // (idem.Store.ForceRelease, ForceFail, ForceDelete): if the record changed
-// in between, the repair is refused and nothing is written.
+// in between, the repair is refused and nothing is written. With -admin
+// they go through a running server's admin endpoint, which applies the
+// same fenced transitions.
 
 func init() {
 	register(&command{
@@ -25,12 +30,11 @@ func init() {
 		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
 			rf := addRepairFlags(fs)
 			return func(args []string, stdout, stderr io.Writer) error {
-				return rf.repair(args, stdout, stderr, func(ctx context.Context, s *idem.Store, rec *idem.Record) (string, func() error, error) {
+				return rf.repair(args, stdout, stderr, repairOp{name: "release"}, func(rec *idem.Record) (string, error) {
 					if err := needInProgress(rec, "release"); err != nil {
-						return "", nil, err
+						return "", err
 					}
-					q := fmt.Sprintf("Release %q (token %d)? The next retry with this key runs the request again.", rec.Key, rec.Token)
-					return q, func() error { return s.ForceRelease(ctx, rec.Key, rec.Token) }, nil
+					return fmt.Sprintf("Release %q (token %d)? The next retry with this key runs the request again.", rec.Key, rec.Token), nil
 				})
 			}
 		},
@@ -55,16 +59,16 @@ func init() {
 						return err
 					}
 				}
-				return rf.repair(args, stdout, stderr, func(ctx context.Context, s *idem.Store, rec *idem.Record) (string, func() error, error) {
+				op := repairOp{name: "fail", response: body, retryable: *retryable}
+				return rf.repair(args, stdout, stderr, op, func(rec *idem.Record) (string, error) {
 					if err := needInProgress(rec, "fail"); err != nil {
-						return "", nil, err
+						return "", err
 					}
 					what := "retries get this failure (" + fmt.Sprint(len(body)) + " bytes) replayed"
 					if *retryable {
 						what = "the next retry runs the request again"
 					}
-					q := fmt.Sprintf("Fail %q (token %d)? Then %s.", rec.Key, rec.Token, what)
-					return q, func() error { return s.ForceFail(ctx, rec.Key, rec.Token, body, *retryable) }, nil
+					return fmt.Sprintf("Fail %q (token %d)? Then %s.", rec.Key, rec.Token, what), nil
 				})
 			}
 		},
@@ -77,7 +81,7 @@ func init() {
 			rf := addRepairFlags(fs)
 			rf.corruptOK = true
 			return func(args []string, stdout, stderr io.Writer) error {
-				return rf.repair(args, stdout, stderr, func(ctx context.Context, s *idem.Store, rec *idem.Record) (string, func() error, error) {
+				return rf.repair(args, stdout, stderr, repairOp{name: "delete"}, func(rec *idem.Record) (string, error) {
 					q := fmt.Sprintf("Delete %q (%s, token %d)?", rec.Key, rec.State, rec.Token)
 					switch {
 					case rec.State == idem.StateCompleted:
@@ -85,7 +89,7 @@ func init() {
 					case rec.State == idem.StateInProgress:
 						q += " The next retry with this key runs the request again."
 					}
-					return q, func() error { return s.ForceDelete(ctx, rec.Key, rec) }, nil
+					return q, nil
 				})
 			}
 		},
@@ -95,6 +99,7 @@ func init() {
 // repairFlags are the flags every repair takes besides the store's.
 type repairFlags struct {
 	store     *storeFlags
+	admin     *string
 	yes       *bool
 	token     *uint64
 	corruptOK bool // the repair can deal with a corrupt record (delete)
@@ -103,31 +108,48 @@ type repairFlags struct {
 func addRepairFlags(fs *flag.FlagSet) *repairFlags {
 	return &repairFlags{
 		store: addStoreFlags(fs),
+		admin: fs.String("admin", "", "repair through a running server's admin endpoint at `ADDR` (idem serve -admin-repairs) instead of -data"),
 		yes:   fs.Bool("yes", false, "do not ask for confirmation"),
 		token: fs.Uint64("token", 0, "refuse unless the record carries fencing token `N` (as shown by idem get)"),
 	}
 }
 
-// plan looks at the record shown to the operator and returns the question
-// to confirm and the fenced change to apply, or why there is none.
-type plan func(ctx context.Context, s *idem.Store, rec *idem.Record) (question string, apply func() error, err error)
+// repairOp is one repair: release, fail (with the failure's response and
+// whether it is retryable) or delete.
+type repairOp struct {
+	name      string
+	response  []byte
+	retryable bool
+}
 
-// repair runs one repair of the key in args: open read-write, read and
-// show the record, confirm, apply.
-func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, p plan) error {
+// plan looks at the record shown to the operator and returns the question
+// to confirm, or why the repair does not apply to it.
+type plan func(rec *idem.Record) (question string, err error)
+
+// repair runs one repair of the key in args: read and show the record,
+// confirm, and apply op fenced on what was shown, on the store the flags
+// name or through an admin endpoint.
+func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, op repairOp, p plan) error {
 	key, err := oneKey(args)
 	if err != nil {
 		return err
 	}
-	s, err := openStore(rf.store, false, stderr)
-	if err != nil {
-		return err
+	var t repairTarget
+	if *rf.admin != "" {
+		if rf.store.data != "" || rf.store.redis != "" {
+			return usageErr("-admin and -data or -redis are mutually exclusive: pass one")
+		}
+		t = adminTarget(*rf.admin)
+	} else {
+		s, err := openStore(rf.store, false, stderr)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		t = storeTarget{s}
 	}
-	defer s.Close()
-	ctx := context.Background()
-	rec, err := s.Get(ctx, key)
+	rec, err := t.get(key)
 	var question string
-	var apply func() error
 	switch {
 	case errors.Is(err, idem.ErrCorrupt):
 		// Only delete can do anything with a record it cannot read.
@@ -136,7 +158,6 @@ func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, p plan) e
 		}
 		fmt.Fprintf(stdout, "key:         %s\nstate:       corrupt (%v)\n", key, err)
 		question = fmt.Sprintf("Delete the corrupt record %q?", key)
-		apply = func() error { return s.ForceDelete(ctx, key, nil) }
 	case err != nil:
 		return err
 	default:
@@ -146,21 +167,76 @@ func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, p plan) e
 		if err := printRecord(stdout, rec, time.Now()); err != nil {
 			return err
 		}
-		if question, apply, err = p(ctx, s, rec); err != nil {
+		if question, err = p(rec); err != nil {
 			return err
 		}
 	}
 	if err := confirm(stdout, *rf.yes, question); err != nil {
 		return err
 	}
-	if err := apply(); err != nil {
-		if errors.Is(err, idem.ErrLeaseLost) {
+	if err := t.apply(key, rec, op); err != nil {
+		if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, errRefused) {
 			return fmt.Errorf("refused, the record changed since it was shown (run idem get %s again): %w", key, err)
 		}
 		return err
 	}
 	fmt.Fprintln(stdout, "done")
 	return nil
+}
+
+// repairTarget is where a repair reads the record and applies the change:
+// a store the command opened, or a running server's admin endpoint.
+type repairTarget interface {
+	// get returns key's record, or an error wrapping idem.ErrCorrupt for
+	// one that cannot be decoded.
+	get(key string) (*idem.Record, error)
+	// apply makes op fenced on rec, the record shown (nil: the corrupt
+	// record).
+	apply(key string, rec *idem.Record, op repairOp) error
+}
+
+type storeTarget struct{ s *idem.Store }
+
+func (t storeTarget) get(key string) (*idem.Record, error) {
+	return t.s.Get(context.Background(), key)
+}
+
+func (t storeTarget) apply(key string, rec *idem.Record, op repairOp) error {
+	ctx := context.Background()
+	switch {
+	case rec == nil:
+		return t.s.ForceDelete(ctx, key, nil)
+	case op.name == "release":
+		return t.s.ForceRelease(ctx, key, rec.Token)
+	case op.name == "fail":
+		return t.s.ForceFail(ctx, key, rec.Token, op.response, op.retryable)
+	default:
+		return t.s.ForceDelete(ctx, key, rec)
+	}
+}
+
+type adminTarget string
+
+func (addr adminTarget) get(key string) (*idem.Record, error) {
+	var j idemadmin.Record
+	if err := fetchJSON(string(addr), "/admin/records/"+url.PathEscape(key), &j); err != nil {
+		return nil, err
+	}
+	if j.State == idemadmin.StateCorrupt {
+		return nil, fmt.Errorf("%w (from %s): %s", idem.ErrCorrupt, addr, j.Corrupt)
+	}
+	return j.ToRecord()
+}
+
+func (addr adminTarget) apply(key string, rec *idem.Record, op repairOp) error {
+	req := idemadmin.RepairRequest{Response: op.response, Retryable: op.retryable}
+	if rec == nil {
+		req.Corrupt = true
+	} else {
+		req.Token = rec.Token
+	}
+	return adminCall(string(addr), http.MethodPost, "/admin/"+op.name+"/"+url.PathEscape(key), req,
+		func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
 }
 
 func needInProgress(rec *idem.Record, verb string) error {

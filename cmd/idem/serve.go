@@ -35,14 +35,19 @@ func init() {
 			cfg.store.defaultData = "idem-data"
 			fs.Lookup("data").Usage = "data directory `DIR` of the embedded store (default idem-data, unless -redis is given)"
 			fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "address to listen on")
-			fs.StringVar(&cfg.admin, "admin", "", "serve /metrics (Prometheus) and the read-only /admin/stats and /admin/records/{key} on `ADDR`, "+
+			fs.StringVar(&cfg.admin, "admin", "", "serve /metrics (Prometheus) and the admin endpoints (/admin/records, /admin/stats) on `ADDR`, "+
 				"a private address of its own (default: off)")
+			fs.BoolVar(&cfg.repairs, "admin-repairs", false, "also serve the repairs (idem release, fail and delete with -admin) on the admin address: "+
+				"whoever reaches them can make a request run twice")
 			return func(args []string, _, stderr io.Writer) error {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
 				if err := cfg.store.check(); err != nil {
 					return err
+				}
+				if cfg.repairs && cfg.admin == "" {
+					return usageErr("-admin-repairs needs -admin ADDR")
 				}
 				ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
@@ -57,6 +62,8 @@ type serveConfig struct {
 	store *storeFlags // the embedded store or Redis
 	addr  string      // the payments API's listen address
 	admin string      // the admin endpoint's listen address; "" means none
+	// repairs enables the admin endpoint's repairs.
+	repairs bool
 }
 
 // serve runs the payments API, and the admin endpoint when cfg.admin is
@@ -101,7 +108,7 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 	servers := []server{api}
 	if cfg.admin != "" {
 		reg.MustRegister(idemprom.NewCollector(s, nil))
-		admin, err := newServer("admin", cfg.admin, adminHandler(s, reg))
+		admin, err := newServer("admin", cfg.admin, adminHandler(s, reg, cfg.repairs))
 		if err != nil {
 			api.ln.Close()
 			return err
@@ -284,3 +291,9 @@ func (s *statusWriter) WriteHeader(code int) {
 }
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/idemtest"
 )
 
@@ -180,7 +181,7 @@ func checkAdmin(t *testing.T, admin string) {
 
 	code, body := getBody(t, "http://"+admin+"/admin/stats")
 	require.Equal(t, http.StatusOK, code, body)
-	var st statsJSON
+	var st idemadmin.Stats
 	require.NoError(t, json.Unmarshal([]byte(body), &st), body)
 	assert.Equal(t, map[string]int{"in-progress": 0, "completed": 1, "failed": 0}, st.Records)
 	require.NotNil(t, st.Counters, body)

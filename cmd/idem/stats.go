@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/idemdb/idem"
-	"github.com/idemdb/idem/idemprom"
+	"github.com/idemdb/idem/idemadmin"
 )
 
 func init() {
@@ -26,7 +26,7 @@ func init() {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
-				var st statsJSON
+				var st idemadmin.Stats
 				if *admin != "" {
 					if *prefix != "" {
 						return usageErr("-prefix cannot be used with -admin")
@@ -53,47 +53,18 @@ func init() {
 	})
 }
 
-// statsJSON is what idem stats and /admin/stats report.
-type statsJSON struct {
-	Records                 map[string]int `json:"records"`
-	Corrupt                 int            `json:"corrupt"`
-	StaleLeases             int            `json:"stale_leases"`
-	OldestInProgressSeconds float64        `json:"oldest_in_progress_seconds"`
-	OldestInProgressKey     string         `json:"oldest_in_progress_key,omitempty"`
-	DiskBytes               int64          `json:"disk_bytes"`
-	// Counters are the live store's Stats, from the admin endpoint only: a
-	// store opened by the command has just started.
-	Counters *idem.Stats `json:"counters,omitempty"`
-}
-
 // takeStats scans s (keys under prefix) by the real clock. dir, when not
-// "", is the data directory whose disk use is reported.
-func takeStats(ctx context.Context, s *idem.Store, prefix, dir string) (statsJSON, error) {
-	c, err := idemprom.TakeCensus(ctx, s, prefix, time.Now(), 0)
-	if err != nil {
-		return statsJSON{}, err
-	}
-	st := statsJSON{
-		Records:     map[string]int{},
-		Corrupt:     c.Corrupt,
-		StaleLeases: c.StaleLeases,
-	}
-	for _, state := range []idem.State{idem.StateInProgress, idem.StateCompleted, idem.StateFailed} {
-		st.Records[state.String()] = c.Records[state]
-	}
-	if c.OldestKey != "" {
-		st.OldestInProgressSeconds = c.OldestInProgress.Seconds()
-		st.OldestInProgressKey = c.OldestKey
-	}
-	if dir != "" {
+// "", is the data directory whose disk use is reported (a store opened
+// read-only reports none of its own).
+func takeStats(ctx context.Context, s *idem.Store, prefix, dir string) (idemadmin.Stats, error) {
+	st, err := idemadmin.TakeStats(ctx, s, prefix, time.Now())
+	if err == nil && dir != "" {
 		st.DiskBytes = idem.DirUsage(dir)
-	} else if du, ok := s.Backend().(idem.DiskUser); ok {
-		st.DiskBytes = du.DiskUsage()
 	}
-	return st, nil
+	return st, err
 }
 
-func printStats(w io.Writer, st *statsJSON) error {
+func printStats(w io.Writer, st *idemadmin.Stats) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	total := 0
 	for _, n := range st.Records {

@@ -132,8 +132,8 @@ func (f *storeFlags) open(opts *idem.Options) (*idem.Store, error) {
 	s, err := idem.Open(dir, opts)
 	if errors.Is(err, idem.ErrLocked) {
 		return nil, fmt.Errorf("%s is in use by another process (a running idem server or application; Badger allows one process per directory): "+
-			"read it through that process's admin endpoint instead (idem get -admin ADDR KEY, idem stats -admin ADDR, "+
-			"or curl http://ADDR/admin/stats; see idem serve -admin), or stop that process to repair the store: %w", dir, idem.ErrLocked)
+			"use that process's admin endpoint instead (package idemadmin, or idem serve -admin): idem get -admin ADDR KEY, "+
+			"idem list -admin ADDR, idem stats -admin ADDR, and the repairs with -admin where it allows them: %w", dir, idem.ErrLocked)
 	}
 	return s, err
 }
