@@ -67,6 +67,13 @@
 // for a sync: if the process dies, its lease lapses and a retry takes over.
 // SyncPeriodic and SyncNever trade a bounded loss window for speed; see Sync.
 //
+// # Operating
+//
+// Package idemprom exports a store's counters, census and latencies to
+// Prometheus. Package idemadmin serves a running store's records, a
+// filtered list and a census over HTTP for the idem command's -admin flag,
+// and, when enabled, its fenced repairs (the Force methods of Store).
+//
 // # Caveats
 //
 // One process may open a Badger directory read-write at a time; several
