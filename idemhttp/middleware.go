@@ -185,7 +185,10 @@ func notStored(key, why string) *response {
 func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, lease *idem.Lease) {
 	runCtx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stopRenew := m.renew(runCtx, lease, cancel)
+	// Renewal outlives the client's connection too: a handler past its side
+	// effect may finish after the client has gone, and a lapsed lease would
+	// let the client's retry run it again.
+	stopRenew := m.renew(context.WithoutCancel(runCtx), lease, cancel)
 
 	// Ending the lease outlives the client's connection.
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)

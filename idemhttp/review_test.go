@@ -1,0 +1,81 @@
+package idemhttp_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemhttp"
+	"github.com/idemdb/idem/idemtest"
+)
+
+// A client that gives up (times out) while the handler still runs must not
+// stop the lease's renewal: the handler may be past its side effect and
+// ignore the cancellation, and a lapsed lease would let the client's retry
+// run it a second time.
+func TestLeaseRenewedAfterClientDisconnects(t *testing.T) {
+	clock := idemtest.NewClock()
+	s := openStore(t, &idem.Options{Now: clock.Now})
+	const lease = 30 * time.Millisecond // renewed every 10ms of real time
+	started, gone, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var runs atomic.Int64
+	h := idemhttp.New(s, &idemhttp.Options{LeaseTTL: lease})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if runs.Add(1) > 1 {
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		close(started)
+		<-r.Context().Done() // the client went away ...
+		close(gone)
+		<-release // ... but the charge goes on
+		w.WriteHeader(http.StatusCreated)
+	}))
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/payments", strings.NewReader("a"))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", "k")
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := srv.Client().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	<-started
+	cancel()
+	require.Error(t, <-errc)
+	<-gone
+
+	for range 20 {
+		clock.Advance(lease * 2 / 3)
+		require.Eventually(t, func() bool {
+			return onlyRecord(t, s).LeaseUntil.After(clock.Now().Add(lease / 2))
+		}, 2*time.Second, time.Millisecond, "the lease is no longer renewed")
+	}
+	req, err = http.NewRequest(http.MethodPost, srv.URL+"/payments", strings.NewReader("a"))
+	require.NoError(t, err)
+	req.Header.Set("Idempotency-Key", "k")
+	resp, err := srv.Client().Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusConflict, resp.StatusCode)
+	require.EqualValues(t, 1, runs.Load())
+}
