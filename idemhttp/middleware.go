@@ -231,7 +231,7 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 			if err != nil {
 				m.cfg.Logger.Error("idemhttp: storing the response failed; a retry will run the request again", "key", lease.Key(), "status", resp.status, "err", err)
 			} else if outcome != Retry {
-				expires = m.expiry(r)
+				expires = m.expiry(r, outcome)
 			}
 			m.write(w, sent, false, expires)
 			return
@@ -288,9 +288,9 @@ func (m *middleware) renew(ctx context.Context, lease *idem.Lease, cancel contex
 	}
 }
 
-// expiry returns when a record stored now for r expires, or zero when no
-// expiry header is wanted.
-func (m *middleware) expiry(r *http.Request) time.Time {
+// expiry returns when a record stored now for r with outcome expires, or
+// zero when no expiry header is wanted.
+func (m *middleware) expiry(r *http.Request, outcome Outcome) time.Time {
 	if m.cfg.ExpiresHeader == "" {
 		return time.Time{}
 	}
@@ -300,6 +300,9 @@ func (m *middleware) expiry(r *http.Request) time.Time {
 	}
 	if d <= 0 {
 		d = m.s.Options().CompletedTTL
+		if outcome == Failed {
+			d = m.s.Options().FailedTTL
+		}
 	}
 	return m.now().Add(d)
 }

@@ -79,3 +79,20 @@ func TestLeaseRenewedAfterClientDisconnects(t *testing.T) {
 	require.Equal(t, http.StatusConflict, resp.StatusCode)
 	require.EqualValues(t, 1, runs.Load())
 }
+
+// The expiry advertised with a stored failure is the failure's lifetime,
+// the same on the first response and on its replays.
+func TestExpiresHeaderOfFailure(t *testing.T) {
+	clock := idemtest.NewClock()
+	s := openStore(t, &idem.Options{Now: clock.Now, CompletedTTL: 24 * time.Hour, FailedTTL: time.Hour})
+	h := idemhttp.New(s, &idemhttp.Options{ExpiresHeader: "Idempotency-Expires"})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "card declined", http.StatusPaymentRequired)
+	}))
+	want := idemtest.T0.Add(time.Hour).Format(http.TimeFormat)
+	first := serve(h, post("/payments", "k", "a"))
+	require.Equal(t, http.StatusPaymentRequired, first.Code)
+	replay := serve(h, post("/payments", "k", "a"))
+	require.Equal(t, "true", replay.Header().Get("Idempotent-Replayed"))
+	require.Equal(t, want, replay.Header().Get("Idempotency-Expires"))
+	require.Equal(t, want, first.Header().Get("Idempotency-Expires"))
+}
