@@ -214,9 +214,10 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if c.unstored == "" {
 		resp := c.response()
 		data := encodeResponse(resp)
-		// The client gets every header the handler set; the store keeps
-		// only those that may be replayed.
-		sent := &response{status: resp.status, header: c.header, body: resp.body}
+		// The client gets every header and trailer the handler set; the
+		// store keeps only the headers that may be replayed.
+		head, trailer := splitTrailers(c.header)
+		sent := &response{status: resp.status, header: head, body: resp.body, trailer: trailer}
 		if len(data) <= m.maxResp {
 			var err error
 			outcome := m.cfg.Policy(resp.status)
@@ -316,7 +317,8 @@ func (m *middleware) problem(w http.ResponseWriter, typ string, status int, key,
 func (m *middleware) write(w http.ResponseWriter, resp *response, replayed bool, expires time.Time) {
 	h := w.Header()
 	copyHeader(h, resp.header)
-	if h.Get("Content-Length") == "" && bodyAllowed(resp.status) {
+	// Trailers need a chunked body, which a Content-Length rules out.
+	if h.Get("Content-Length") == "" && bodyAllowed(resp.status) && resp.trailer == nil {
 		h.Set("Content-Length", strconv.Itoa(len(resp.body)))
 	}
 	if replayed {
@@ -329,6 +331,7 @@ func (m *middleware) write(w http.ResponseWriter, resp *response, replayed bool,
 	if bodyAllowed(resp.status) {
 		w.Write(resp.body)
 	}
+	copyHeader(h, resp.trailer)
 }
 
 func bodyAllowed(status int) bool {

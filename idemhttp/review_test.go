@@ -96,3 +96,37 @@ func TestExpiresHeaderOfFailure(t *testing.T) {
 	require.Equal(t, want, replay.Header().Get("Idempotency-Expires"))
 	require.Equal(t, want, first.Header().Get("Idempotency-Expires"))
 }
+
+// Trailers reach the client of the first response as trailers, and are
+// neither stored nor replayed, not even as headers.
+func TestTrailersNotStored(t *testing.T) {
+	s := openStore(t, nil)
+	srv := httptest.NewServer(idemhttp.New(s, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum")
+		w.WriteHeader(http.StatusCreated)
+		w.Write([]byte("body"))
+		w.Header().Set("X-Sum", "abc")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "z")
+	})))
+	defer srv.Close()
+	send := func() *http.Response {
+		req, err := http.NewRequest(http.MethodPost, srv.URL, strings.NewReader("a"))
+		require.NoError(t, err)
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := srv.Client().Do(req)
+		require.NoError(t, err)
+		require.Equal(t, "body", string(readAll(t, resp.Body)))
+		resp.Body.Close()
+		return resp
+	}
+	first := send()
+	require.Equal(t, http.StatusCreated, first.StatusCode)
+	require.Equal(t, http.Header{"X-Sum": {"abc"}, "X-Late": {"z"}}, first.Trailer)
+	require.Empty(t, first.Header.Get("X-Sum"))
+
+	replay := send()
+	require.Equal(t, "true", replay.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, http.StatusCreated, replay.StatusCode)
+	require.Empty(t, replay.Header.Get("X-Sum"), "a trailer is not replayed as a header")
+	require.Empty(t, replay.Trailer)
+}
