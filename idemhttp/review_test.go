@@ -130,3 +130,28 @@ func TestTrailersNotStored(t *testing.T) {
 	require.Empty(t, replay.Header.Get("X-Sum"), "a trailer is not replayed as a header")
 	require.Empty(t, replay.Trailer)
 }
+
+// A 409 that is the stored outcome of the request (the handler's own
+// conflict, replayed) is final: retrying it cannot change the answer.
+func TestTransportDoesNotRetryReplayedConflict(t *testing.T) {
+	s := openStore(t, nil)
+	var runs, requests atomic.Int64
+	mw := idemhttp.New(s, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		runs.Add(1)
+		http.Error(w, "payment already captured", http.StatusConflict)
+	}))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		mw.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	client := &http.Client{Transport: &idemhttp.Transport{Base: srv.Client().Transport, MinBackoff: time.Millisecond}}
+
+	resp, err := client.Post(srv.URL+"/payments/1/capture", "text/plain", strings.NewReader("a"))
+	require.NoError(t, err)
+	require.Equal(t, "payment already captured\n", string(readAll(t, resp.Body)))
+	resp.Body.Close()
+	require.Equal(t, http.StatusConflict, resp.StatusCode)
+	require.EqualValues(t, 1, runs.Load())
+	require.LessOrEqual(t, requests.Load(), int64(2), "retried a replayed 409")
+}
