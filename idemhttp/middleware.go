@@ -232,7 +232,7 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 			if err != nil {
 				m.cfg.Logger.Error("idemhttp: storing the response failed; a retry will run the request again", "key", lease.Key(), "status", resp.status, "err", err)
 			} else if outcome != Retry {
-				expires = m.expiry(r, outcome)
+				expires = m.expiry(endCtx, r, lease.Key(), outcome)
 			}
 			m.write(w, sent, false, expires)
 			return
@@ -289,11 +289,16 @@ func (m *middleware) renew(ctx context.Context, lease *idem.Lease, cancel contex
 	}
 }
 
-// expiry returns when a record stored now for r with outcome expires, or
-// zero when no expiry header is wanted.
-func (m *middleware) expiry(r *http.Request, outcome Outcome) time.Time {
+// expiry returns when the record just stored under key for r with outcome
+// expires, or zero when no expiry header is wanted.
+func (m *middleware) expiry(ctx context.Context, r *http.Request, key string, outcome Outcome) time.Time {
 	if m.cfg.ExpiresHeader == "" {
 		return time.Time{}
+	}
+	// The record's own expiry, which replays advertise: one computed from
+	// the clock now can be a second later.
+	if rec, err := m.s.Get(ctx, key); err == nil && rec.State != idem.StateInProgress {
+		return rec.ExpiresAt
 	}
 	var d time.Duration
 	if m.cfg.TTL != nil {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -154,4 +155,27 @@ func TestTransportDoesNotRetryReplayedConflict(t *testing.T) {
 	require.Equal(t, http.StatusConflict, resp.StatusCode)
 	require.EqualValues(t, 1, runs.Load())
 	require.LessOrEqual(t, requests.Load(), int64(2), "retried a replayed 409")
+}
+
+// The first response advertises the expiry the store gave the record, even
+// when the clock has moved on between storing it and answering.
+func TestExpiresHeaderMatchesRecord(t *testing.T) {
+	var mu sync.Mutex
+	now := idemtest.T0
+	// Every reading of the clock is a second after the last one.
+	tick := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(time.Second)
+		return now
+	}
+	s := openStore(t, &idem.Options{Now: tick})
+	h := idemhttp.New(s, &idemhttp.Options{ExpiresHeader: "Idempotency-Expires"})(&charge{})
+	first := serve(h, post("/payments", "k", "a"))
+	require.Equal(t, http.StatusCreated, first.Code)
+	rec := onlyRecord(t, s)
+	require.Equal(t, rec.ExpiresAt.UTC().Format(http.TimeFormat), first.Header().Get("Idempotency-Expires"))
+	replay := serve(h, post("/payments", "k", "a"))
+	require.Equal(t, "true", replay.Header().Get("Idempotent-Replayed"))
+	require.Equal(t, first.Header().Get("Idempotency-Expires"), replay.Header().Get("Idempotency-Expires"))
 }
