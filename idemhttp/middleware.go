@@ -185,7 +185,10 @@ func notStored(key, why string) *response {
 func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, lease *idem.Lease) {
 	runCtx, cancel := context.WithCancelCause(r.Context())
 	defer cancel(nil)
-	stopRenew := m.renew(runCtx, lease, cancel)
+	// Renewal outlives the client's connection too: a handler past its side
+	// effect may finish after the client has gone, and a lapsed lease would
+	// let the client's retry run it again.
+	stopRenew := m.renew(context.WithoutCancel(runCtx), lease, cancel)
 
 	// Ending the lease outlives the client's connection.
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
@@ -211,9 +214,10 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if c.unstored == "" {
 		resp := c.response()
 		data := encodeResponse(resp)
-		// The client gets every header the handler set; the store keeps
-		// only those that may be replayed.
-		sent := &response{status: resp.status, header: c.header, body: resp.body}
+		// The client gets every header and trailer the handler set; the
+		// store keeps only the headers that may be replayed.
+		head, trailer := splitTrailers(c.header)
+		sent := &response{status: resp.status, header: head, body: resp.body, trailer: trailer}
 		if len(data) <= m.maxResp {
 			var err error
 			outcome := m.cfg.Policy(resp.status)
@@ -228,7 +232,7 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 			if err != nil {
 				m.cfg.Logger.Error("idemhttp: storing the response failed; a retry will run the request again", "key", lease.Key(), "status", resp.status, "err", err)
 			} else if outcome != Retry {
-				expires = m.expiry(r)
+				expires = m.expiry(endCtx, r, lease.Key(), outcome)
 			}
 			m.write(w, sent, false, expires)
 			return
@@ -285,11 +289,16 @@ func (m *middleware) renew(ctx context.Context, lease *idem.Lease, cancel contex
 	}
 }
 
-// expiry returns when a record stored now for r expires, or zero when no
-// expiry header is wanted.
-func (m *middleware) expiry(r *http.Request) time.Time {
+// expiry returns when the record just stored under key for r with outcome
+// expires, or zero when no expiry header is wanted.
+func (m *middleware) expiry(ctx context.Context, r *http.Request, key string, outcome Outcome) time.Time {
 	if m.cfg.ExpiresHeader == "" {
 		return time.Time{}
+	}
+	// The record's own expiry, which replays advertise: one computed from
+	// the clock now can be a second later.
+	if rec, err := m.s.Get(ctx, key); err == nil && rec.State != idem.StateInProgress {
+		return rec.ExpiresAt
 	}
 	var d time.Duration
 	if m.cfg.TTL != nil {
@@ -297,6 +306,9 @@ func (m *middleware) expiry(r *http.Request) time.Time {
 	}
 	if d <= 0 {
 		d = m.s.Options().CompletedTTL
+		if outcome == Failed {
+			d = m.s.Options().FailedTTL
+		}
 	}
 	return m.now().Add(d)
 }
@@ -310,7 +322,8 @@ func (m *middleware) problem(w http.ResponseWriter, typ string, status int, key,
 func (m *middleware) write(w http.ResponseWriter, resp *response, replayed bool, expires time.Time) {
 	h := w.Header()
 	copyHeader(h, resp.header)
-	if h.Get("Content-Length") == "" && bodyAllowed(resp.status) {
+	// Trailers need a chunked body, which a Content-Length rules out.
+	if h.Get("Content-Length") == "" && bodyAllowed(resp.status) && resp.trailer == nil {
 		h.Set("Content-Length", strconv.Itoa(len(resp.body)))
 	}
 	if replayed {
@@ -323,6 +336,7 @@ func (m *middleware) write(w http.ResponseWriter, resp *response, replayed bool,
 	if bodyAllowed(resp.status) {
 		w.Write(resp.body)
 	}
+	copyHeader(h, resp.trailer)
 }
 
 func bodyAllowed(status int) bool {

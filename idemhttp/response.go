@@ -31,6 +31,9 @@ type response struct {
 	status int
 	header http.Header
 	body   []byte
+	// trailer is set after the body, on the first response only; it is
+	// never stored.
+	trailer http.Header
 }
 
 // errBadResponse is wrapped by decodeResponse's errors.
@@ -163,15 +166,12 @@ var hopByHop = map[string]bool{
 
 // storableHeader returns the headers of h that are stored and replayed:
 // all but Set-Cookie, the hop-by-hop headers, those named in Connection,
-// and trailers (keys with the http.TrailerPrefix).
+// and trailers (those named in Trailer, and keys with the
+// http.TrailerPrefix).
 func storableHeader(h http.Header) http.Header {
-	drop := map[string]bool{}
-	for _, v := range h.Values("Connection") {
-		for f := range strings.SplitSeq(v, ",") {
-			if f = strings.TrimSpace(f); f != "" {
-				drop[http.CanonicalHeaderKey(f)] = true
-			}
-		}
+	drop := listedNames(h, "Connection")
+	for name := range listedNames(h, "Trailer") {
+		drop[name] = true
 	}
 	out := make(http.Header, len(h))
 	for name, vals := range h {
@@ -183,4 +183,36 @@ func storableHeader(h http.Header) http.Header {
 		out[name] = slices.Clone(vals)
 	}
 	return out
+}
+
+// listedNames returns the canonical header names listed in h's field
+// (Connection or Trailer).
+func listedNames(h http.Header, field string) map[string]bool {
+	names := map[string]bool{}
+	for _, v := range h.Values(field) {
+		for f := range strings.SplitSeq(v, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				names[http.CanonicalHeaderKey(f)] = true
+			}
+		}
+	}
+	return names
+}
+
+// splitTrailers returns h without its trailers, and the trailers: the
+// names declared in Trailer and the keys with the http.TrailerPrefix.
+func splitTrailers(h http.Header) (head, trailer http.Header) {
+	declared := listedNames(h, "Trailer")
+	head = make(http.Header, len(h))
+	for name, vals := range h {
+		if declared[http.CanonicalHeaderKey(name)] || strings.HasPrefix(name, http.TrailerPrefix) {
+			if trailer == nil {
+				trailer = http.Header{}
+			}
+			trailer[name] = vals
+			continue
+		}
+		head[name] = vals
+	}
+	return head, trailer
 }

@@ -19,7 +19,8 @@ import (
 // key, waiting with exponential backoff and full jitter, or for as long as
 // the response's Retry-After asks. It stops after MaxAttempts or when the
 // request's context ends. Other methods and other statuses pass through
-// once.
+// once, and so does a 409 or 503 marked "Idempotent-Replayed: true" (the
+// stored outcome of the request, which a retry would only replay).
 //
 // Replaying a request body needs req.GetBody, which http.NewRequest sets
 // for bytes, strings and bytes.Reader bodies; a request whose body cannot
@@ -95,7 +96,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if ctx.Err() != nil {
 				return nil, err
 			}
-		case resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusServiceUnavailable:
+		case (resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusServiceUnavailable) &&
+			resp.Header.Get("Idempotent-Replayed") == "":
+			// A replayed 409 or 503 is the request's stored outcome, which
+			// a retry would only replay again.
 			wait = retryAfter(resp.Header.Get("Retry-After"), time.Now())
 		default:
 			return resp, nil
