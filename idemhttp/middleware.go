@@ -86,7 +86,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 				fmt.Sprintf("the request body is larger than %d bytes", m.cfg.MaxBodyBytes))
 			return
 		}
-		m.problem(w, ProblemInvalidKey, http.StatusBadRequest, key, fmt.Sprintf("reading the request body: %v", err))
+		m.problem(w, ProblemBodyUnreadable, http.StatusBadRequest, key, fmt.Sprintf("reading the request body: %v; the request was not run", err))
 		return
 	}
 	route := m.route(r)
@@ -152,10 +152,11 @@ func (m *middleware) route(r *http.Request) string {
 	if m.cfg.Route != nil {
 		return m.cfg.Route(r)
 	}
+	// The escaped path: /a%2Fb and /a/b may be different resources.
 	if r.URL.RawQuery == "" {
-		return r.URL.Path
+		return r.URL.EscapedPath()
 	}
-	return r.URL.Path + "?" + r.URL.Query().Encode()
+	return r.URL.EscapedPath() + "?" + r.URL.Query().Encode()
 }
 
 // replay writes the stored outcome rec.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -601,4 +602,40 @@ func TestMisconfigurationPanics(t *testing.T) {
 	}
 	require.Panics(t, func() { idemhttp.New(nil, nil) })
 	require.NotPanics(t, func() { idemhttp.New(s, nil) })
+}
+
+type failingBody struct{ sent bool }
+
+func (b *failingBody) Read(p []byte) (int, error) {
+	if !b.sent {
+		b.sent = true
+		return copy(p, `{"amount":`), nil
+	}
+	return 0, errors.New("connection reset by peer")
+}
+
+// A body that breaks off is a 400 that says so, and the handler never runs.
+func TestBodyUnreadable(t *testing.T) {
+	s := openStore(t, nil)
+	c := &charge{}
+	h := idemhttp.New(s, nil)(c)
+	r := httptest.NewRequest(http.MethodPost, "/payments", &failingBody{})
+	r.Header.Set("Idempotency-Key", "k")
+	requireRecProblem(t, serve(h, r), http.StatusBadRequest, idemhttp.ProblemBodyUnreadable, "connection reset by peer", "not run")
+	require.EqualValues(t, 0, c.runs.Load())
+	// The key is not taken: the client's retry with the whole body runs.
+	require.Equal(t, http.StatusCreated, serve(h, post("/payments", "k", "5000")).Code)
+	require.EqualValues(t, 1, c.runs.Load())
+}
+
+// The fingerprint takes the path as sent: /a%2Fb and /a/b are different
+// requests, so one key cannot serve both.
+func TestEscapedPathInFingerprint(t *testing.T) {
+	s := openStore(t, nil)
+	c := &charge{}
+	h := idemhttp.New(s, nil)(c)
+	require.Equal(t, http.StatusCreated, serve(h, post("/files/a%2Fb", "k", "x")).Code)
+	requireRecProblem(t, serve(h, post("/files/a/b", "k", "x")), http.StatusUnprocessableEntity, idemhttp.ProblemKeyReused)
+	require.Equal(t, "true", serve(h, post("/files/a%2Fb", "k", "x")).Header().Get("Idempotent-Replayed"))
+	require.EqualValues(t, 1, c.runs.Load())
 }

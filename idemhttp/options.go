@@ -79,8 +79,9 @@ type Options struct {
 	Scope func(*http.Request) string
 
 	// Route returns the route that goes into the request's fingerprint.
-	// Nil means the URL path, followed by "?" and the query with its
-	// parameters sorted when there is one. A route pattern (r.Pattern)
+	// Nil means the URL path as sent (escaped, so /a%2Fb is not /a/b),
+	// followed by "?" and the query with its parameters sorted when there
+	// is one. A route pattern (r.Pattern)
 	// makes a key reused on another resource of the same route replay
 	// instead of failing with 422.
 	Route func(*http.Request) string

@@ -22,7 +22,7 @@ const (
 	// Options.MaxBodyBytes; the handler was not run.
 	ProblemBodyTooLarge = problemBase + "body-too-large"
 	// ProblemInProgress (409): a request with the same key is still
-	// running; Retry-After says when its lease lapses.
+	// running; Retry-After says when to ask again (Options.RetryAfter).
 	ProblemInProgress = problemBase + "in-progress"
 	// ProblemKeyReused (422): the key was used before with another request
 	// (method, route or body differ).
@@ -38,6 +38,10 @@ const (
 	// ProblemCorrupt (500): the stored response for the key cannot be
 	// decoded; the handler was not run.
 	ProblemCorrupt = problemBase + "stored-response-corrupt"
+	// ProblemBodyUnreadable (400): the request body could not be read to
+	// the end (the client broke off or sent malformed chunks); the handler
+	// was not run.
+	ProblemBodyUnreadable = problemBase + "body-unreadable"
 )
 
 var problemTitles = map[string]string{
@@ -49,6 +53,7 @@ var problemTitles = map[string]string{
 	ProblemNotStored:        "The original response could not be stored",
 	ProblemStoreUnavailable: "Idempotency store unavailable",
 	ProblemCorrupt:          "Stored response cannot be read",
+	ProblemBodyUnreadable:   "Request body unreadable",
 }
 
 // Problem is an application/problem+json body (RFC 9457) as the middleware
