@@ -2,6 +2,7 @@ package idem
 
 import (
 	"context"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -53,4 +54,32 @@ func TestDeleteDuringGetLeavesNoCachedRecord(t *testing.T) {
 	l, rec, err = s.Begin(ctx, "k", []byte("fp"))
 	require.NoError(t, err)
 	require.NotNil(t, l, "Begin after Delete replays the deleted outcome %q", rec.Response)
+}
+
+// Gets that read a record while an operator deletes it must not cache it
+// once the deletion has returned: the deletion count is checked and the
+// record cached as one step, ordered against the deletion.
+func TestForceDeleteRacingGetsLeavesNoCachedRecord(t *testing.T) {
+	s, err := Open("", &Options{InMemory: true, CacheSize: 64 << 20, GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	ctx := context.Background()
+	big := make([]byte, 256<<10) // a large response widens the copy before the cache set
+	for i := 0; i < 200; i++ {
+		l, _, err := s.Begin(ctx, "k", []byte("fp"))
+		require.NoError(t, err)
+		require.NoError(t, l.Complete(ctx, big))
+		seen, err := s.Get(ctx, "k")
+		require.NoError(t, err)
+		s.cache.del("k") // make the Gets below read the backend
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() { _, _ = s.Get(ctx, "k") })
+		}
+		require.NoError(t, s.ForceDelete(ctx, "k", seen))
+		wg.Wait()
+		s.cache.c.Wait()
+		_, err = s.Get(ctx, "k")
+		require.ErrorIs(t, err, ErrNotFound, "iteration %d: a deleted record is answered from the cache", i)
+	}
 }
