@@ -2,6 +2,7 @@ package idem
 
 import (
 	"bytes"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,10 @@ type recordCache struct {
 	// and puts what it read only if no deletion happened meanwhile, so a
 	// record deleted during the read is not cached after its deletion.
 	gen atomic.Uint64
+	// mu makes put's check of gen and its set one step, ordered against
+	// del's increment and deletion: checked alone, a put could pass the
+	// check, then a deletion run to its end, then the set land after it.
+	mu sync.Mutex
 }
 
 func newRecordCache(size int64, ttl time.Duration) *recordCache {
@@ -72,15 +77,21 @@ func (c *recordCache) put(r *Record, now time.Time, epoch uint64) {
 	cp := *r
 	cp.Fingerprint = bytes.Clone(r.Fingerprint)
 	cp.Response = bytes.Clone(r.Response)
-	c.c.SetWithTTL(r.Key, &cp, int64(len(r.Key)+len(cp.Fingerprint)+len(cp.Response)+160), ttl)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen.Load() == epoch {
+		c.c.SetWithTTL(r.Key, &cp, int64(len(r.Key)+len(cp.Fingerprint)+len(cp.Response)+160), ttl)
+	}
 }
 
 // del drops key from the cache. Ristretto applies sets asynchronously, so
 // a set still buffered could otherwise land after the deletion; Wait
 // applies everything buffered before del returns.
 func (c *recordCache) del(key string) {
+	c.mu.Lock()
 	c.gen.Add(1)
 	c.c.Del(key)
+	c.mu.Unlock()
 	c.c.Wait()
 }
 

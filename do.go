@@ -44,7 +44,9 @@ const endTimeout = 30 * time.Second
 // retries. Any other error stores a retryable failure: the next Do with the
 // key runs fn again. A response larger than Options.MaxResponseSize cannot
 // be stored: Do returns ErrTooLarge and ends the key as a permanent failure,
-// since running fn again could repeat its side effect. If fn panics, the key is released and the panic goes on.
+// since running fn again could repeat its side effect. If fn panics, or
+// its goroutine exits (runtime.Goexit), the key is released and the panic
+// or exit goes on.
 //
 // Do returns ErrInProgress while another caller runs the key, and
 // ErrFingerprintMismatch when the key was used with another fingerprint.
@@ -79,14 +81,22 @@ func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
 
 	var fnErr error
 	func() {
+		returned := false
 		defer func() {
-			if p := recover(); p != nil {
-				stop()
-				_ = lease.Release(endCtx)
+			if returned {
+				return
+			}
+			// fn panicked, or its goroutine is exiting (runtime.Goexit,
+			// for which recover returns nil).
+			p := recover()
+			stop()
+			_ = lease.Release(endCtx)
+			if p != nil {
 				panic(p)
 			}
 		}()
 		response, fnErr = fn(runCtx)
+		returned = true
 	}()
 	stop()
 

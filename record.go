@@ -423,9 +423,22 @@ func appendBin(b []byte, p []byte) []byte {
 	return append(b, p...)
 }
 
+// The instants Unix nanoseconds can hold (1677 to 2262). A time outside
+// them is stored as the nearest one: UnixNano would wrap around, turning a
+// record kept "for ever" into one that expired long ago.
+var (
+	minNanoTime = time.Unix(0, math.MinInt64)
+	maxNanoTime = time.Unix(0, math.MaxInt64)
+)
+
 func appendTime(b []byte, t time.Time) []byte {
-	if t.IsZero() {
+	switch {
+	case t.IsZero():
 		return append(b, 0)
+	case t.After(maxNanoTime):
+		t = maxNanoTime
+	case t.Before(minNanoTime):
+		t = minNanoTime
 	}
 	return appendInt(b, t.UnixNano())
 }

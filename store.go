@@ -380,10 +380,14 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		return wrap("delete", key, err)
 	}
 	defer s.mu.RUnlock()
+	err := s.b.Delete(ctx, key)
 	if s.cache != nil {
+		// After the deletion, not before: a reader that read the record
+		// before it was deleted either put it in the cache already (and
+		// del drops it) or finds the deletion count changed and does not.
 		s.cache.del(key)
 	}
-	return wrap("delete", key, s.b.Delete(ctx, key))
+	return wrap("delete", key, err)
 }
 
 // Scan calls fn with every stored record whose key begins with prefix, in

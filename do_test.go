@@ -1,0 +1,38 @@
+package idem_test
+
+import (
+	"context"
+	"runtime"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemtest"
+)
+
+// An fn that never returns because its goroutine exits (runtime.Goexit,
+// which t.FailNow and require call inside fn) ends the lease like a panic
+// does: the key is released and the renewal stops, rather than the key
+// staying in progress, renewed for as long as ctx lives.
+func TestDoGoexitReleasesKey(t *testing.T) {
+	clk := idemtest.NewClock()
+	s := openBadger(t, &idem.Options{Now: clk.Now, GCInterval: -1})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel() // ends a renewal left running, so the failure is the assertion, not a leak
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _, _ = s.Do(ctx, "k", []byte("fp"), func(context.Context) ([]byte, error) {
+			runtime.Goexit()
+			return nil, nil
+		})
+	}()
+	<-done
+
+	l, rec, err := s.Begin(ctx, "k", []byte("fp"))
+	require.NoError(t, err, "record left behind: %+v", rec)
+	require.NotNil(t, l)
+	require.Equal(t, 1, rec.Attempts, "the key was released, not taken over")
+}
