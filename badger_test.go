@@ -2,6 +2,7 @@ package idem_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -93,10 +94,27 @@ func TestOpenBadInput(t *testing.T) {
 	assert.ErrorContains(t, err, "LeaseTTL")
 	_, err = idem.Open(t.TempDir(), &idem.Options{MaxKeySize: idem.MaxKeySizeLimit + 1})
 	assert.ErrorContains(t, err, "MaxKeySize")
+	_, err = idem.Open(t.TempDir(), &idem.Options{MaxResponseSize: idem.MaxResponseSizeLimit + 1})
+	assert.ErrorContains(t, err, "MaxResponseSize")
 	f := t.TempDir() + "/file"
 	require.NoError(t, os.WriteFile(f, []byte("x"), 0o600))
 	_, err = idem.Open(f, nil)
 	assert.Error(t, err, "a file is not a data directory")
+}
+
+// The largest response the options allow is stored and replayed by
+// Badger, durably, and one byte more is ErrTooLarge with nothing stored.
+func TestLargestResponse(t *testing.T) {
+	ctx := context.Background()
+	s := openIn(t, t.TempDir(), &idem.Options{MaxResponseSize: idem.MaxResponseSizeLimit, GCInterval: -1})
+	big := bytes.Repeat([]byte("0123456789abcdef"), idem.MaxResponseSizeLimit/16)
+	l, _, err := s.Begin(ctx, "big", []byte("fp"))
+	require.NoError(t, err)
+	require.ErrorIs(t, l.Complete(ctx, append(big, 'x')), idem.ErrTooLarge)
+	require.NoError(t, l.Complete(ctx, big))
+	_, rec, err := s.Begin(ctx, "big", []byte("fp"))
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(big, rec.Response), "the replay is the whole response")
 }
 
 // A record that cannot be decoded is reported as ErrCorrupt naming its key,

@@ -53,6 +53,10 @@ const (
 	MaxKeySizeLimit = 60000
 	// DefaultMaxResponseSize is the default for Options.MaxResponseSize.
 	DefaultMaxResponseSize = 1 << 20
+	// MaxResponseSizeLimit is the largest Options.MaxResponseSize
+	// accepted: Badger refuses values over its 64 MiB value-log file, and
+	// a response is an API answer, not a file store.
+	MaxResponseSizeLimit = 32 << 20
 	// MaxFingerprintSize is the largest fingerprint Begin accepts. A
 	// fingerprint is a digest; SHA-512 is 64 bytes.
 	MaxFingerprintSize = 1024
@@ -94,7 +98,7 @@ type Options struct {
 	// most MaxKeySizeLimit.
 	MaxKeySize int
 	// MaxResponseSize is the largest response Complete and Fail accept, in
-	// bytes. Zero means 1 MiB.
+	// bytes. Zero means 1 MiB; at most MaxResponseSizeLimit.
 	MaxResponseSize int
 
 	// Sync says when completed and failed records reach stable storage.
@@ -158,8 +162,8 @@ func (o *Options) withDefaults() (Options, error) {
 	if r.MaxResponseSize == 0 {
 		r.MaxResponseSize = DefaultMaxResponseSize
 	}
-	if r.MaxResponseSize < 0 {
-		return r, fmt.Errorf("idem: Options.MaxResponseSize is negative (%d)", r.MaxResponseSize)
+	if r.MaxResponseSize < 0 || r.MaxResponseSize > MaxResponseSizeLimit {
+		return r, fmt.Errorf("idem: Options.MaxResponseSize %d out of range (1 to %d)", r.MaxResponseSize, MaxResponseSizeLimit)
 	}
 	if r.Sync < SyncAlways || r.Sync > SyncNever {
 		return r, fmt.Errorf("idem: Options.Sync: %v", r.Sync)

@@ -396,6 +396,11 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 // as nil together with its key and an error wrapping ErrCorrupt, so tools
 // can report it; fn decides whether to go on. The store never holds more
 // than one record in memory for a scan.
+//
+// Scan holds the store open while it runs, so Close waits for it. fn may
+// call the store's other methods, but not while another goroutine may
+// Close the store: those calls would wait behind the Close, which waits
+// for Scan. Collect the keys and act on them after Scan returns instead.
 func (s *Store) Scan(ctx context.Context, prefix string, fn func(key string, rec *Record, err error) error) error {
 	if err := s.enter(); err != nil {
 		return fmt.Errorf("idem: scan: %w", err)
