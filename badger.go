@@ -40,6 +40,13 @@ type BadgerBackend struct {
 	mode    Sync
 	sync    func() error // db.Sync; a test may count calls
 	commits commitQueue  // durable writes under SyncAlways, see badger_commit.go
+	// memFid is the number of the newest memtable file the committer has
+	// seen, and fsyncFile fsyncs one file by path (a test may watch it):
+	// see syncRotated. Only the committing goroutine uses them.
+	memFid      int
+	memPaths    [2]string // the files of memFid and the one after it
+	memPathsFid int       // the memFid of memPaths
+	fsyncFile   func(path string) error
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -72,7 +79,10 @@ func OpenBadger(dir string, opts *Options) (*BadgerBackend, error) {
 		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
 	}
 	b := &BadgerBackend{db: db, mode: o.Sync, stop: make(chan struct{}), dir: dir}
-	b.sync = db.Sync
+	b.sync, b.fsyncFile = db.Sync, fsyncPath
+	if dir != "" {
+		b.memFid = newestMemFile(dir)
+	}
 	if o.InMemory || o.ReadOnly {
 		b.mode = SyncNever
 	}

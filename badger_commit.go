@@ -5,6 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -110,6 +115,9 @@ func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
 	// here.
 	ctx, cancel := context.WithTimeout(context.Background(), blockedWritesLimit)
 	defer cancel()
+	// The memtable the batch lands in is the newest one seen so far or a
+	// later one.
+	first := b.memFid
 	var err error
 	for {
 		err = blockedRetry(ctx, func() error {
@@ -145,7 +153,11 @@ func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
 	if err != nil || !swapped {
 		return
 	}
-	if err := b.sync(); err != nil {
+	err = b.sync()
+	if err == nil {
+		err = b.syncRotated(first)
+	}
+	if err != nil {
 		for _, w := range batch {
 			if w.swapped {
 				w.err = fmt.Errorf("fsync: %w", err)
@@ -177,4 +189,90 @@ func (w *durableWrite) apply(txn *badger.Txn) error {
 	e := badger.NewEntry(w.key, w.new)
 	e.ExpiresAt = uint64(w.expireAt.Unix())
 	return txn.SetEntry(e)
+}
+
+// Badger's DB.Sync makes only the active memtable's write-ahead log
+// durable (and the value log). When the memtable a batch landed in was
+// rotated out before the sync (it fills every 12 MiB of writes, and
+// Begin's writes fill it too), its log becomes durable only once Badger
+// has flushed it to a table, a moment later. syncRotated closes that gap:
+// memtable files are numbered in order of creation, so the batch is in a
+// file numbered from first, the newest before the commit, to the newest
+// now; every one of them but the newest is fsynced by path (fsync covers
+// the writes Badger made through its memory mapping). A file already gone
+// was flushed to a table, which Badger syncs before deleting the log.
+func (b *BadgerBackend) syncRotated(first int) error {
+	if b.dir == "" {
+		return nil
+	}
+	last := b.newestMemFid()
+	for fid := first; fid < last; fid++ {
+		err := b.fsyncFile(memFilePath(b.dir, fid))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("memtable %d: %w", fid, err)
+		}
+	}
+	return nil
+}
+
+// newestMemFid returns the number of the newest memtable file, looking on
+// from the last one seen. Badger numbers memtables in order and flushes
+// them in order, so while the last one seen still exists and the next
+// does not, it is the newest. Once the last one seen is gone (flushed
+// after rotations no batch saw), the directory is listed again.
+func (b *BadgerBackend) newestMemFid() int {
+	if b.dir == "" {
+		return 0
+	}
+	for {
+		if b.memPaths[0] == "" || b.memPathsFid != b.memFid {
+			b.memPaths = [2]string{memFilePath(b.dir, b.memFid), memFilePath(b.dir, b.memFid+1)}
+			b.memPathsFid = b.memFid
+		}
+		if exists(b.memPaths[1]) {
+			b.memFid++
+			continue
+		}
+		if !exists(b.memPaths[0]) {
+			if newest := newestMemFile(b.dir); newest > b.memFid {
+				b.memFid = newest
+				continue
+			}
+		}
+		return b.memFid
+	}
+}
+
+// memFilePath is where Badger v4 keeps memtable fid's write-ahead log.
+func memFilePath(dir string, fid int) string {
+	return filepath.Join(dir, fmt.Sprintf("%05d.mem", fid))
+}
+
+// newestMemFile returns the largest number of the memtable files in dir,
+// or 0.
+func newestMemFile(dir string) int {
+	ents, _ := os.ReadDir(dir)
+	newest := 0
+	for _, e := range ents {
+		name, ok := strings.CutSuffix(e.Name(), ".mem")
+		if !ok {
+			continue
+		}
+		if fid, err := strconv.Atoi(name); err == nil && fid > newest {
+			newest = fid
+		}
+	}
+	return newest
+}
+
+func fsyncPath(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }

@@ -197,3 +197,59 @@ func TestGroupCommitSplitsTooBigBatch(t *testing.T) {
 	}
 	assert.Positive(t, syncs.Load())
 }
+
+// When the memtable a durable batch landed in is rotated out before the
+// group's DB.Sync (which syncs only the active memtable's log), the
+// rotated memtable's log is fsynced too before the write returns; with no
+// rotation, nothing more is fsynced.
+func TestGroupCommitSyncsRotatedMemtable(t *testing.T) {
+	ctx := context.Background()
+	var rotate atomic.Bool
+	var b *BadgerBackend
+	b = openBackend(t, func(sync func() error) func() error {
+		return func() error {
+			if rotate.Load() {
+				// Other writers fill the memtable between the batch's
+				// commit and its sync: more than one memtable's worth.
+				wb := b.db.NewWriteBatch()
+				for i := 0; i < 30_000; i++ { // 15 MiB, values small enough to live in the memtable
+					if err := wb.Set([]byte(fmt.Sprint("filler-", i)), bytes.Repeat([]byte{'x'}, 512)); err != nil {
+						return err
+					}
+				}
+				if err := wb.Flush(); err != nil {
+					return err
+				}
+			}
+			return sync()
+		}
+	})
+	var mu sync.Mutex
+	var fsynced []string
+	b.fsyncFile = func(path string) error {
+		mu.Lock()
+		fsynced = append(fsynced, path)
+		mu.Unlock()
+		return fsyncPath(path)
+	}
+
+	_, ok, err := b.CompareAndSwap(ctx, "quiet", nil, []byte("v"), time.Now().Add(time.Hour), true)
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Empty(t, fsynced, "no rotation, nothing but DB.Sync")
+
+	before := b.newestMemFid()
+	rotate.Store(true)
+	_, ok, err = b.CompareAndSwap(ctx, "rotated", nil, []byte("v"), time.Now().Add(time.Hour), true)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.Greater(t, b.newestMemFid(), before, "the filler rotated the memtable")
+	assert.Contains(t, fsynced, memFilePath(b.dir, before), "the memtable holding the write was fsynced")
+
+	// An fsync that fails fails the write.
+	rotate.Store(true)
+	b.fsyncFile = func(string) error { return errors.New("disk on fire") }
+	_, ok, err = b.CompareAndSwap(ctx, "failing", nil, []byte("v"), time.Now().Add(time.Hour), true)
+	require.ErrorContains(t, err, "disk on fire")
+	assert.True(t, ok, "the swap was committed; only its durability failed")
+}

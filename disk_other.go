@@ -2,7 +2,16 @@
 
 package idem
 
-import "io/fs"
+import (
+	"io/fs"
+	"os"
+)
 
 // allocated returns the bytes a file occupies on disk.
 func allocated(info fs.FileInfo) int64 { return info.Size() }
+
+// exists reports whether a file is at path.
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

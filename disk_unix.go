@@ -14,3 +14,12 @@ func allocated(info fs.FileInfo) int64 {
 	}
 	return info.Size()
 }
+
+// exists reports whether a file is at path. It asks access(2), not
+// stat(2): on Linux with fine-grained timestamps, reading a file's
+// timestamps makes its next change update them at full precision, so a
+// stat of the memtable's log after every sync made every next fsync write
+// the inode too (measured: +35µs on a 140µs durable write).
+func exists(path string) bool {
+	return syscall.Access(path, 0) == nil // F_OK
+}

@@ -66,6 +66,9 @@
 // share one fsync (group commit). Begin does not wait
 // for a sync: if the process dies, its lease lapses and a retry takes over.
 // SyncPeriodic and SyncNever trade a bounded loss window for speed; see Sync.
+// (Badger's own Sync covers only the active memtable's log; when the
+// memtable a durable write landed in was rotated out before the group's
+// sync, the store fsyncs that memtable's log too.)
 //
 // # Operating
 //
@@ -78,11 +81,4 @@
 //
 // One process may open a Badger directory read-write at a time; several
 // service instances share a store through Redis (package redisstore).
-//
-// Badger's Sync makes the active memtable's write-ahead log durable. A
-// write that lands in a memtable which Badger rotates out before the group
-// fsync runs becomes durable when that memtable is flushed to a table a
-// moment later, not when Complete returns; memtables are 12 MiB, so this
-// concerns the few writes at a rotation, and only on power loss or a
-// kernel crash, never on a crash of the process.
 package idem
