@@ -19,9 +19,10 @@
 //	                           older-than=10m, limit (default 100, 0: all)
 //	GET  /admin/stats          the census (Stats) with the store's counters
 //	POST /admin/release/{key}  repairs, with Options.Repairs only: the body is
-//	POST /admin/fail/{key}     a RepairRequest naming the token the operator
-//	POST /admin/delete/{key}   was shown; a record that changed meanwhile
-//	                           gets 409 and nothing changes
+//	POST /admin/fail/{key}     a RepairRequest naming the token (and for
+//	POST /admin/delete/{key}   delete the state) the operator was shown; a
+//	                           record that changed meanwhile gets 409 and
+//	                           nothing changes
 //
 // Repairs are off by default: whoever can reach them can make a request run
 // twice. Each one is logged by the store (key, operation, token; never the
@@ -54,13 +55,16 @@ type Options struct {
 	Now func() time.Time
 }
 
-// RepairRequest is the body of a repair: the fencing token of the record
-// the operator was shown (the repair applies only while the stored record
-// still carries it), and for fail the response to replay and whether the
-// next retry may run the request again instead. To delete a record that
-// cannot be decoded, send Corrupt and no token.
+// RepairRequest is the body of a repair: the fencing token and state of
+// the record the operator was shown (the repair applies only while the
+// stored record still carries both), and for fail the response to replay
+// and whether the next retry may run the request again instead. Delete
+// needs the state: a holder that completes keeps its token, and deleting
+// the completed record would make the next retry run the request again.
+// To delete a record that cannot be decoded, send Corrupt and no token.
 type RepairRequest struct {
 	Token     uint64 `json:"token"`
+	State     string `json:"state,omitempty"`
 	Response  []byte `json:"response,omitempty"`
 	Retryable bool   `json:"retryable,omitempty"`
 	Corrupt   bool   `json:"corrupt,omitempty"`
@@ -209,8 +213,14 @@ func (a *admin) repair(op string) http.HandlerFunc {
 		case req.Token == 0:
 			a.problem(w, r, http.StatusBadRequest, "repair body: no token (send the token of the record you were shown)")
 			return
+		case op == "delete" && req.State == "":
+			a.problem(w, r, http.StatusBadRequest, `repair body: no state (a delete sends the state of the record you were shown, e.g. "state": "in-progress")`)
+			return
 		case rec.Token != req.Token:
 			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q carries token %d, not %d: it changed since it was shown; nothing changed", key, rec.Token, req.Token))
+			return
+		case req.State != "" && rec.State.String() != req.State:
+			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q is %s, not %s: it changed since it was shown; nothing changed", key, rec.State, req.State))
 			return
 		case op != "delete" && rec.State != idem.StateInProgress:
 			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q is %s, not in progress: nothing to %s (delete removes a record whatever its state)", key, rec.State, op))

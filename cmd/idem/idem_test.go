@@ -505,7 +505,7 @@ func TestAdminRepairs(t *testing.T) {
 	// The server fences on the token it is sent: a record that changed
 	// between the look and the repair is left alone.
 	err = adminCall(addr, http.MethodPost, "/admin/delete/"+url.PathEscape("t1/done"),
-		idemadmin.RepairRequest{Token: tokens["t1/done"] + 1}, func(io.Reader) error { return nil })
+		idemadmin.RepairRequest{Token: tokens["t1/done"] + 1, State: "completed"}, func(io.Reader) error { return nil })
 	require.ErrorIs(t, err, errRefused)
 	assert.Contains(t, err.Error(), "changed since it was shown")
 	assert.Equal(t, idem.StateCompleted, mustGet(t, s, "t1/done").State)
@@ -552,4 +552,43 @@ func hexOf(s string) string {
 		b.WriteByte(digits[s[i]&15])
 	}
 	return b.String()
+}
+
+// TestAdminDeleteFencedOnState: the operator is shown an in-progress
+// record and confirms its deletion; meanwhile the holder completes it,
+// which keeps the token. The delete must be refused: deleting the
+// completed record would make the next retry run the request again.
+func TestAdminDeleteFencedOnState(t *testing.T) {
+	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, true))
+	defer srv.Close()
+	addr := adminTarget(strings.TrimPrefix(srv.URL, "http://"))
+
+	l, _, err := s.Begin(ctx, "t1/pay", []byte("fp"))
+	require.NoError(t, err)
+	shown, err := addr.get("t1/pay")
+	require.NoError(t, err)
+	require.Equal(t, idem.StateInProgress, shown.State)
+
+	require.NoError(t, l.Complete(ctx, []byte("charged")))
+	err = addr.apply("t1/pay", shown, repairOp{name: "delete"})
+	require.ErrorIs(t, err, errRefused)
+	rec := mustGet(t, s, "t1/pay")
+	assert.Equal(t, idem.StateCompleted, rec.State, "the completed record is kept")
+	assert.Equal(t, "charged", string(rec.Response))
+
+	// A delete that names no state cannot be fenced against a completion.
+	err = adminCall(string(addr), http.MethodPost, "/admin/delete/"+url.PathEscape("t1/pay"),
+		idemadmin.RepairRequest{Token: l.Token()}, func(io.Reader) error { return nil })
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "state")
+	assert.Equal(t, idem.StateCompleted, mustGet(t, s, "t1/pay").State)
+
+	// With the state it was shown, the delete applies.
+	shown = mustGet(t, s, "t1/pay")
+	require.NoError(t, addr.apply("t1/pay", shown, repairOp{name: "delete"}))
+	_, err = s.Get(ctx, "t1/pay")
+	assert.ErrorIs(t, err, idem.ErrNotFound)
 }

@@ -233,7 +233,7 @@ func (addr adminTarget) apply(key string, rec *idem.Record, op repairOp) error {
 	if rec == nil {
 		req.Corrupt = true
 	} else {
-		req.Token = rec.Token
+		req.Token, req.State = rec.Token, rec.State.String()
 	}
 	return adminCall(string(addr), http.MethodPost, "/admin/"+op.name+"/"+url.PathEscape(key), req,
 		func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
