@@ -113,6 +113,14 @@ func streamJSON(addr, path string, next func(*json.Decoder) error) error {
 				return err
 			}
 		}
+		// More is also false when the stream broke off between two
+		// values: only a clean end of the body is io.EOF.
+		if tok, err := dec.Token(); err != io.EOF {
+			if err == nil {
+				err = fmt.Errorf("unexpected %v", tok)
+			}
+			return fmt.Errorf("the answer broke off: %w", err)
+		}
 		return nil
 	})
 }

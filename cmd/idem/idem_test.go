@@ -592,3 +592,44 @@ func TestAdminDeleteFencedOnState(t *testing.T) {
 	_, err = s.Get(ctx, "t1/pay")
 	assert.ErrorIs(t, err, idem.ErrNotFound)
 }
+
+// cutAfter passes the first n writes of a response through (a list
+// writes one record a write), then aborts the connection, as a server
+// that dies between two records does.
+type cutAfter struct {
+	http.ResponseWriter
+	n int
+}
+
+func (c *cutAfter) Write(p []byte) (int, error) {
+	if c.n == 0 {
+		c.ResponseWriter.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}
+	c.n--
+	return c.ResponseWriter.Write(p)
+}
+
+// TestAdminListBrokenStream: a list whose stream breaks off must fail,
+// not print the records that arrived and exit 0 as if that were all.
+func TestAdminListBrokenStream(t *testing.T) {
+	dir, _ := prepare(t)
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	h := adminHandler(s, nil, false)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(&cutAfter{ResponseWriter: w, n: 2}, r)
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+
+	for _, args := range [][]string{
+		{"list", "-admin", addr, "-json"},
+		{"list", "-admin", addr},
+	} {
+		r := idemCmd(t, "", args...)
+		assert.Equal(t, 1, r.code, "%v: stdout %q", args, r.stdout)
+		assert.Contains(t, r.stderr, "admin endpoint", args)
+	}
+}
