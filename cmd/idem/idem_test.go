@@ -633,3 +633,57 @@ func TestAdminListBrokenStream(t *testing.T) {
 		assert.Contains(t, r.stderr, "admin endpoint", args)
 	}
 }
+
+// TestAfterCrash: a server killed without closing its store leaves a
+// write-ahead log to replay, which a read-only open refuses. That is when
+// an operator most needs to look: get, list, stats and export must still
+// work on the directory.
+func TestAfterCrash(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	addr := freeAddr(t)
+	srv := exec.Command(bin, "serve", "-data", dir, "-addr", addr)
+	require.NoError(t, srv.Start())
+	killed := false
+	t.Cleanup(func() {
+		if !killed {
+			srv.Process.Kill()
+			srv.Wait()
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	var resp *http.Response
+	for {
+		req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/payments", strings.NewReader(`{"amount":5000,"currency":"USD"}`))
+		require.NoError(t, err)
+		req.Header.Set("Idempotency-Key", "order-1")
+		if resp, err = http.DefaultClient.Do(req); err == nil {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "serve did not answer: %v", err)
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	require.NoError(t, srv.Process.Kill())
+	srv.Wait()
+	killed = true
+
+	for i, args := range [][]string{
+		{"list", "-data", dir, "-json"},
+		{"stats", "-data", dir, "-json"},
+		{"export", "-data", dir},
+	} {
+		r := idemCmd(t, "", args...)
+		require.Equal(t, 0, r.code, "%v: %s", args, r.stderr)
+		assert.Contains(t, r.stdout, "completed", args)
+		if i == 0 {
+			assert.Contains(t, r.stderr, "was not closed cleanly", "the first open replays the log and says so")
+		}
+	}
+	r := idemCmd(t, "", "list", "-data", dir, "-json")
+	var j idemadmin.Record
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &j))
+	r = idemCmd(t, "", "get", "-data", dir, j.Key)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `state:\s+completed`, r.stdout)
+}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/dgraph-io/badger/v4"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemdb/idem"
@@ -98,7 +99,8 @@ func (f *storeFlags) prefix() string {
 
 // openStore opens the store f names. readOnly asks for a read-only open,
 // which shares the directory with other readers; commands that only look
-// use it. The store logs to stderr (repairs, takeovers) and runs no
+// use it. A directory whose process crashed cannot be opened read-only
+// until its log is replayed: then it is opened read-write, with a notice. The store logs to stderr (repairs, takeovers) and runs no
 // background expiry. A directory held by another process gives an error
 // wrapping idem.ErrLocked that says where to look instead.
 func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, error) {
@@ -111,11 +113,22 @@ func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, err
 			return nil, fmt.Errorf("no store at %s: %w", f.data, err)
 		}
 	}
-	return f.open(&idem.Options{
+	opts := &idem.Options{
 		GCInterval: -1,
 		ReadOnly:   readOnly,
 		Logger:     slog.New(slog.NewTextHandler(stderr, nil)),
-	})
+	}
+	s, err := f.open(opts)
+	if readOnly && err != nil && strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error()) {
+		// A process that held the directory ended without closing the
+		// store (a crash, kill -9): its log must be replayed, which a
+		// read-only open cannot do. Open it as the service's next start
+		// would; the lock still keeps out any process that holds it.
+		fmt.Fprintf(stderr, "idem: %s was not closed cleanly (its process crashed or was killed): opening it read-write to replay its log, as the service's next start would\n", f.dir())
+		opts.ReadOnly = false
+		s, err = f.open(opts)
+	}
+	return s, err
 }
 
 // open opens the store f names with opts, creating a Badger store that
