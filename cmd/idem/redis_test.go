@@ -237,3 +237,19 @@ func TestServeRedis(t *testing.T) {
 	assert.True(t, strings.HasSuffix(rec.Key, ":order-1"), rec.Key)
 	assert.Equal(t, "completed", rec.State)
 }
+
+// A -redis URL that does not parse is a usage error that names what is
+// wrong without the password: url.Parse's error quotes the whole URL.
+func TestRedisBadURLHidesPassword(t *testing.T) {
+	for _, args := range [][]string{
+		{"get", "-redis", "redis://:s3cret@localhost:abc", "k"},
+		{"get", "-redis", "redis://:s3cr%zzet@localhost:6379", "k"},
+		{"list", "-redis-cluster", "-redis", "redis://:s3cret@localhost:abc"},
+		{"list", "-redis-sentinel", "m", "-redis", "redis://:s3cret@localhost:abc"},
+	} {
+		r := idemCmd(t, "", args...)
+		assert.Equal(t, 2, r.code, args)
+		assert.Contains(t, r.stderr, "-redis", args)
+		assert.NotContains(t, r.stderr, "s3cr", args)
+	}
+}

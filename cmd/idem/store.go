@@ -178,7 +178,13 @@ func (f *storeFlags) openRedis(opts *idem.Options) (*idem.Store, error) {
 // the Sentinels as a list or a URL).
 func (f *storeFlags) redisClient() (redis.UniversalClient, error) {
 	isURL := strings.Contains(f.redis, "://")
-	bad := func(err error) error { return usageErr("-redis %s: %v", redactURL(f.redis), err) }
+	bad := func(err error) error {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // its message quotes the whole URL, password included
+		}
+		return usageErr("-redis %s: %v", redactURL(f.redis), err)
+	}
 	switch {
 	case f.cluster:
 		o := &redis.ClusterOptions{Addrs: splitAddrs(f.redis)}
