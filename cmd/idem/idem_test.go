@@ -687,3 +687,36 @@ func TestAfterCrash(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Regexp(t, `state:\s+completed`, r.stdout)
 }
+
+// TestImportLongLine: a record too large for the importing store (its
+// source allowed larger responses) is one bad line, named; the lines after
+// it are still imported.
+func TestImportLongLine(t *testing.T) {
+	src, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1, MaxResponseSize: 4 << 20})
+	require.NoError(t, err)
+	defer src.Close()
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for i, key := range []string{"a", "big", "c"} {
+		l, _, err := src.Begin(ctx, key, []byte("fp"))
+		require.NoError(t, err)
+		resp := []byte("ok")
+		if i == 1 {
+			resp = bytes.Repeat([]byte("x"), 3<<20)
+		}
+		require.NoError(t, l.Complete(ctx, resp))
+		require.NoError(t, enc.Encode(idemadmin.FromRecord(mustGet(t, src, key))))
+	}
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	require.NoError(t, os.WriteFile(file, buf.Bytes(), 0o600))
+
+	dst := filepath.Join(t.TempDir(), "dst")
+	r := idemCmd(t, "", "import", "-data", dst, file)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, "line 2:")
+	assert.Contains(t, r.stdout, "imported 2 records")
+	s := open(t, dst)
+	for _, key := range []string{"a", "c"} {
+		assert.Equal(t, "ok", string(mustGet(t, s, key).Response), key)
+	}
+}

@@ -49,13 +49,15 @@ func init() {
 	})
 }
 
-// maxLine bounds one JSON line: the largest response Options allow, in
-// base64, plus room for the other fields.
-const maxLine = idem.DefaultMaxResponseSize*4/3 + 64<<10
+// maxLine bounds one JSON line: the largest response any store allows
+// (MaxResponseSizeLimit), in base64, plus room for the other fields. A
+// line the importing store then refuses as too large is one bad line; a
+// longer line, which no export writes, ends the import.
+const maxLine = idem.MaxResponseSizeLimit*4/3 + 64<<10
 
 func importRecords(ctx context.Context, s *idem.Store, in io.Reader, overwrite bool, stdout, stderr io.Writer) error {
 	sc := bufio.NewScanner(in)
-	sc.Buffer(make([]byte, 0, 64<<10), max(maxLine, s.Options().MaxResponseSize*4/3+64<<10))
+	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
 	var imported, existing, expired, bad int
 	line := 0
 	for sc.Scan() {
