@@ -720,3 +720,41 @@ func TestImportLongLine(t *testing.T) {
 		assert.Equal(t, "ok", string(mustGet(t, s, key).Response), key)
 	}
 }
+
+// TestLongKeys: a service may allow keys longer than the default 255
+// bytes (Options.MaxKeySize); the command must still read, repair and
+// purge them.
+func TestLongKeys(t *testing.T) {
+	dir := t.TempDir()
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1, MaxKeySize: 1000})
+	require.NoError(t, err)
+	long := "t9/" + strings.Repeat("k", 400)
+	for _, key := range []string{long, long + "-2", "t9/short"} {
+		_, _, err := s.Begin(ctx, key, []byte("fp"))
+		require.NoError(t, err)
+	}
+	require.NoError(t, s.Close())
+
+	r := idemCmd(t, "", "get", "-data", dir, long)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `state:\s+in-progress`, r.stdout)
+	r = idemCmd(t, "", "release", "-yes", "-data", dir, long)
+	require.Equal(t, 0, r.code, r.stderr)
+	r = idemCmd(t, "", "purge", "-yes", "-prefix", "t9/", "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "deleted 2 records")
+
+	// Export and import carry them too.
+	s, err = idem.Open(dir, &idem.Options{GCInterval: -1, MaxKeySize: 1000})
+	require.NoError(t, err)
+	_, _, err = s.Begin(ctx, long, []byte("fp"))
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	r = idemCmd(t, "", "export", "-o", file, "-data", dir)
+	require.Equal(t, 0, r.code, r.stderr)
+	dst := filepath.Join(t.TempDir(), "dst")
+	r = idemCmd(t, "", "import", "-data", dst, file)
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "imported 1 records")
+}

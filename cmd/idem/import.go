@@ -38,7 +38,9 @@ func init() {
 				}
 				// Importing is how a store is restored or moved: a Badger
 				// directory that does not exist yet is created.
-				s, err := sf.open(&idem.Options{GCInterval: -1, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
+				// Keys as long as any store allows: the exporting one may
+				// have allowed more than the default.
+				s, err := sf.open(&idem.Options{GCInterval: -1, MaxKeySize: idem.MaxKeySizeLimit, Logger: slog.New(slog.NewTextHandler(stderr, nil))})
 				if err != nil {
 					return err
 				}

@@ -117,6 +117,9 @@ func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, err
 		GCInterval: -1,
 		ReadOnly:   readOnly,
 		Logger:     slog.New(slog.NewTextHandler(stderr, nil)),
+		// The store's own service may allow keys longer than the
+		// default: the command must reach every key a store can hold.
+		MaxKeySize: idem.MaxKeySizeLimit,
 	}
 	s, err := f.open(opts)
 	if readOnly && err != nil && strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error()) {
