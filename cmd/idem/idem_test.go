@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -757,4 +758,29 @@ func TestLongKeys(t *testing.T) {
 	r = idemCmd(t, "", "import", "-data", dst, file)
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Contains(t, r.stdout, "imported 1 records")
+}
+
+// TestAdminDotKeys: keys "." and ".." are valid, but as a URL path
+// segment they are cleaned away; the command must still reach them.
+func TestAdminDotKeys(t *testing.T) {
+	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, true))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	// "-" sorts first: a path cleaned to /admin/records lists it.
+	_, _, err = s.Begin(ctx, "-", []byte("fp"))
+	require.NoError(t, err)
+	for _, key := range []string{".", ".."} {
+		_, _, err := s.Begin(ctx, key, []byte("fp"))
+		require.NoError(t, err)
+		r := idemCmd(t, "", "get", "-admin", addr, key)
+		require.Equal(t, 0, r.code, r.stderr)
+		assert.Regexp(t, `key:\s+`+regexp.QuoteMeta(key)+`\n`, r.stdout)
+		r = idemCmd(t, "", "release", "-yes", "-admin", addr, key)
+		require.Equal(t, 0, r.code, r.stderr)
+		_, err = s.Get(ctx, key)
+		assert.ErrorIs(t, err, idem.ErrNotFound, key)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/idemdb/idem"
@@ -219,7 +220,7 @@ type adminTarget string
 
 func (addr adminTarget) get(key string) (*idem.Record, error) {
 	var j idemadmin.Record
-	if err := fetchJSON(string(addr), "/admin/records/"+url.PathEscape(key), &j); err != nil {
+	if err := fetchJSON(string(addr), "/admin/records/"+keyPath(key), &j); err != nil {
 		return nil, err
 	}
 	if j.State == idemadmin.StateCorrupt {
@@ -235,8 +236,18 @@ func (addr adminTarget) apply(key string, rec *idem.Record, op repairOp) error {
 	} else {
 		req.Token, req.State = rec.Token, rec.State.String()
 	}
-	return adminCall(string(addr), http.MethodPost, "/admin/"+op.name+"/"+url.PathEscape(key), req,
+	return adminCall(string(addr), http.MethodPost, "/admin/"+op.name+"/"+keyPath(key), req,
 		func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
+}
+
+// keyPath returns key as one segment of an admin endpoint's URL path. The
+// keys "." and ".." are escaped in full: as they are, the server's path
+// cleaning would remove them.
+func keyPath(key string) string {
+	if key == "." || key == ".." {
+		return strings.Repeat("%2E", len(key))
+	}
+	return url.PathEscape(key)
 }
 
 func needInProgress(rec *idem.Record, verb string) error {
