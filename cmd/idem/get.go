@@ -27,6 +27,9 @@ func init() {
 				if err != nil {
 					return err
 				}
+				if err := sf.notWithAdmin(*admin); err != nil {
+					return err
+				}
 				var rec *idem.Record
 				if *admin != "" {
 					rec, err = getFromAdmin(*admin, key)

@@ -784,3 +784,45 @@ func TestAdminDotKeys(t *testing.T) {
 		assert.ErrorIs(t, err, idem.ErrNotFound, key)
 	}
 }
+
+// A line with a field import does not know (a misspelling, say) is a bad
+// line that names the field, not a record imported without what the field
+// held; -admin beside -data is a usage error on every command; stats
+// -admin takes -prefix.
+func TestImportUnknownFieldAndAdminFlags(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	now := time.Now().UTC()
+	later := now.Add(time.Hour)
+	good := idemadmin.Record{Key: "good", State: "completed", Fingerprint: "00", Response: []byte("ok"), Token: 5, CreatedAt: &now, ExpiresAt: &later}
+	b, err := json.Marshal(good)
+	require.NoError(t, err)
+	bad := strings.Replace(string(b), `"response"`, `"respnse"`, 1)
+	require.NoError(t, os.WriteFile(file, []byte(bad+"\n"+string(b)+"\n"), 0o600))
+	dst := filepath.Join(t.TempDir(), "dst")
+	r := idemCmd(t, "", "import", "-data", dst, file)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stderr, `line 1: json: unknown field "respnse"`)
+	assert.Contains(t, r.stdout, "imported 1 records")
+
+	dir, _ := prepare(t)
+	for _, args := range [][]string{
+		{"get", "-admin", "127.0.0.1:1", "-data", dir, "t1/done"},
+		{"list", "-admin", "127.0.0.1:1", "-data", dir},
+		{"stats", "-admin", "127.0.0.1:1", "-data", dir},
+	} {
+		r := idemCmd(t, "", args...)
+		assert.Equal(t, 2, r.code, args)
+		assert.Contains(t, r.stderr, "mutually exclusive", args)
+	}
+
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, false))
+	defer srv.Close()
+	r = idemCmd(t, "", "stats", "-json", "-admin", strings.TrimPrefix(srv.URL, "http://"), "-prefix", "t2/")
+	require.Equal(t, 0, r.code, r.stderr)
+	var st idemadmin.Stats
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
+	assert.Equal(t, map[string]int{"in-progress": 1, "completed": 0, "failed": 1}, st.Records, "only t2/")
+}

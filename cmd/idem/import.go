@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -68,7 +69,9 @@ func importRecords(ctx context.Context, s *idem.Store, in io.Reader, overwrite b
 			continue
 		}
 		var j idemadmin.Record
-		err := json.Unmarshal(sc.Bytes(), &j)
+		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec.DisallowUnknownFields() // a misspelled field would lose what it holds
+		err := dec.Decode(&j)
 		var rec *idem.Record
 		if err == nil {
 			rec, err = j.ToRecord()

@@ -42,6 +42,9 @@ func init() {
 				if *limit < 0 || *olderThan < 0 {
 					return usageErr("-limit and -older-than must not be negative")
 				}
+				if err := sf.notWithAdmin(*admin); err != nil {
+					return err
+				}
 				f := idemadmin.Filter{Prefix: *prefix, State: *state, Stale: *stale, OlderThan: *olderThan}
 				if err := f.Check(); err != nil {
 					return usageErr("%v", err)

@@ -136,10 +136,10 @@ func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, op repair
 		return err
 	}
 	var t repairTarget
+	if err := rf.store.notWithAdmin(*rf.admin); err != nil {
+		return err
+	}
 	if *rf.admin != "" {
-		if rf.store.data != "" || rf.store.redis != "" {
-			return usageErr("-admin and -data or -redis are mutually exclusive: pass one")
-		}
 		t = adminTarget(*rf.admin)
 	} else {
 		s, err := openStore(rf.store, false, stderr)

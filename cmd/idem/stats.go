@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"text/tabwriter"
 	"time"
 
@@ -26,12 +27,12 @@ func init() {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
+				if err := sf.notWithAdmin(*admin); err != nil {
+					return err
+				}
 				var st idemadmin.Stats
 				if *admin != "" {
-					if *prefix != "" {
-						return usageErr("-prefix cannot be used with -admin")
-					}
-					if err := fetchJSON(*admin, "/admin/stats", &st); err != nil {
+					if err := fetchJSON(*admin, "/admin/stats?prefix="+url.QueryEscape(*prefix), &st); err != nil {
 						return err
 					}
 				} else {

@@ -69,6 +69,15 @@ func (f *storeFlags) check() error {
 	return nil
 }
 
+// notWithAdmin refuses -data and -redis beside -admin ADDR, which names
+// the store another way.
+func (f *storeFlags) notWithAdmin(admin string) error {
+	if admin != "" && (f.data != "" || f.redis != "") {
+		return usageErr("-admin and -data or -redis are mutually exclusive: pass one")
+	}
+	return nil
+}
+
 // String names the store for people: "Badger store in DIR" or "Redis at
 // ADDR, prefix P".
 func (f *storeFlags) String() string {
@@ -100,8 +109,9 @@ func (f *storeFlags) prefix() string {
 // openStore opens the store f names. readOnly asks for a read-only open,
 // which shares the directory with other readers; commands that only look
 // use it. A directory whose process crashed cannot be opened read-only
-// until its log is replayed: then it is opened read-write, with a notice. The store logs to stderr (repairs, takeovers) and runs no
-// background expiry. A directory held by another process gives an error
+// until its log is replayed: then it is opened read-write, with a notice.
+// The store logs to stderr (repairs, takeovers) and runs no background
+// expiry. A directory held by another process gives an error
 // wrapping idem.ErrLocked that says where to look instead.
 func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, error) {
 	if err := f.check(); err != nil {
