@@ -5,6 +5,7 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -202,4 +203,33 @@ func TestWaitReplicas(t *testing.T) {
 	require.NoError(t, err)
 	err = l.Complete(ctx, []byte("x"))
 	require.ErrorIs(t, err, redisstore.ErrNotReplicated)
+}
+
+// TestLongestTTL: a record kept "for ever" (the longest Duration, as the
+// root package's TTL tests use) gets a Redis expiry at least as long as a
+// day, not one that drops it at once; a dropped claim would hand a second
+// lease to a retry and run the request twice.
+func TestLongestTTL(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	s := storeOn(t, rdb, nil, &idem.Options{GCInterval: -1, CompletedTTL: math.MaxInt64})
+	prefix := s.Backend().(*redisstore.Backend).Prefix()
+	pttl := func(key string) time.Duration {
+		// Raw milliseconds: go-redis's PTTL overflows a Duration here.
+		ms, err := rdb.Do(ctx, "pttl", prefix+key).Int64()
+		require.NoError(t, err)
+		return time.Duration(min(ms, math.MaxInt64/int64(time.Millisecond))) * time.Millisecond
+	}
+
+	l, _, err := s.Begin(ctx, "claim", fp)
+	require.NoError(t, err)
+	assert.Greater(t, pttl("claim"), 24*time.Hour, "the in-progress claim keeps its Redis key")
+	l2, _, err := s.Begin(ctx, "claim", fp)
+	require.ErrorIs(t, err, idem.ErrInProgress)
+	require.Nil(t, l2)
+	require.NoError(t, l.Extend(ctx, math.MaxInt64))
+	assert.Greater(t, pttl("claim"), 24*time.Hour, "extended by the longest Duration")
+	require.NoError(t, l.Complete(idem.WithTTL(ctx, math.MaxInt64), []byte("charged")))
+	assert.Greater(t, pttl("claim"), 24*time.Hour, "completed with WithTTL(MaxInt64)")
 }

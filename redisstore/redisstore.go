@@ -184,8 +184,15 @@ func casArgs(old, new []byte, expireAt time.Time) []any {
 	}
 	ms := int64(1)
 	if new != nil {
-		// Round up, and never zero: PX needs a positive expiry.
-		ms = max((time.Until(expireAt) + time.Millisecond - 1).Milliseconds(), 1)
+		// Round up, and never zero: PX needs a positive expiry. Rounding
+		// by adding first would overflow the longest Duration, which
+		// time.Until returns for an expiry centuries away, into 1ms.
+		d := time.Until(expireAt)
+		ms = d.Milliseconds()
+		if d%time.Millisecond > 0 {
+			ms++
+		}
+		ms = max(ms, 1)
 	}
 	return []any{hasOld, old, hasNew, new, ms}
 }
