@@ -233,3 +233,32 @@ func TestLongestTTL(t *testing.T) {
 	require.NoError(t, l.Complete(idem.WithTTL(ctx, math.MaxInt64), []byte("charged")))
 	assert.Greater(t, pttl("claim"), 24*time.Hour, "completed with WithTTL(MaxInt64)")
 }
+
+// TestWaitTimeoutBounds: with too few replicas, Complete reports
+// ErrNotReplicated after about WaitTimeout, whether WaitTimeout is below a
+// millisecond (WAIT's unit, where 0 means wait for ever) or longer than
+// the client's ReadTimeout.
+func TestWaitTimeoutBounds(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	srv.StartReplica().Stop()
+	require.Eventually(t, func() bool {
+		info, err := redistest.Command(srv.Addr, "INFO", "replication")
+		return err == nil && strings.Contains(info, "connected_slaves:0")
+	}, 5*time.Second, 20*time.Millisecond)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 300 * time.Millisecond})
+	t.Cleanup(func() { _ = rdb.Close() })
+	for i, wait := range []time.Duration{600 * time.Millisecond, 500 * time.Microsecond} {
+		s := storeOn(t, rdb, &redisstore.Config{WaitReplicas: 1, WaitTimeout: wait}, &idem.Options{GCInterval: -1})
+		key := fmt.Sprintf("k%d", i)
+		l, _, err := s.Begin(ctx, key, fp)
+		require.NoError(t, err)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = l.Complete(cctx, []byte("receipt"))
+		cancel()
+		require.ErrorIs(t, err, redisstore.ErrNotReplicated, "WaitTimeout %v", wait)
+		rec, err := s.Get(ctx, key)
+		require.NoError(t, err)
+		assert.Equal(t, idem.StateCompleted, rec.State)
+	}
+}
