@@ -104,4 +104,12 @@
 // whole key (prefix and all). A prefix holding a hash tag ("{...}") would
 // put every record in one slot. Scan visits every master in turn (a Ring:
 // every shard). WAIT runs on the master that owns the key.
+//
+// A go-redis Ring is not a safe home for records that must not run twice:
+// when its health check finds a shard down, the Ring hashes that shard's
+// keys to the other shards, where they are absent, so a retry of a
+// completed request gets a new lease and runs again (and again when the
+// shard returns). Scan skips a shard that is down. Use a Ring only where
+// losing records with a shard is acceptable; Cluster and Sentinel fail
+// over to a replica instead.
 package redisstore

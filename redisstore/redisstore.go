@@ -68,7 +68,8 @@ var _ idem.Backend = (*Backend)(nil)
 // Open returns an idem.Store on rdb with the default Config (prefix
 // "idem:", no WAIT). Passing nil options uses idem's defaults. rdb may be a
 // *redis.Client (standalone or Sentinel failover), a *redis.ClusterClient
-// or a *redis.Ring. Closing the store does not close rdb: the caller owns
+// or a *redis.Ring (see the package doc for what a Ring loses when a
+// shard is down). Closing the store does not close rdb: the caller owns
 // it and closes it after the store.
 func Open(rdb redis.UniversalClient, opts *idem.Options) (*idem.Store, error) {
 	if rdb == nil {
