@@ -5,6 +5,7 @@ package redisstore_test
 import (
 	"context"
 	"fmt"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -202,4 +203,62 @@ func TestWaitReplicas(t *testing.T) {
 	require.NoError(t, err)
 	err = l.Complete(ctx, []byte("x"))
 	require.ErrorIs(t, err, redisstore.ErrNotReplicated)
+}
+
+// TestLongestTTL: a record kept "for ever" (the longest Duration, as the
+// root package's TTL tests use) gets a Redis expiry at least as long as a
+// day, not one that drops it at once; a dropped claim would hand a second
+// lease to a retry and run the request twice.
+func TestLongestTTL(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	s := storeOn(t, rdb, nil, &idem.Options{GCInterval: -1, CompletedTTL: math.MaxInt64})
+	prefix := s.Backend().(*redisstore.Backend).Prefix()
+	pttl := func(key string) time.Duration {
+		// Raw milliseconds: go-redis's PTTL overflows a Duration here.
+		ms, err := rdb.Do(ctx, "pttl", prefix+key).Int64()
+		require.NoError(t, err)
+		return time.Duration(min(ms, math.MaxInt64/int64(time.Millisecond))) * time.Millisecond
+	}
+
+	l, _, err := s.Begin(ctx, "claim", fp)
+	require.NoError(t, err)
+	assert.Greater(t, pttl("claim"), 24*time.Hour, "the in-progress claim keeps its Redis key")
+	l2, _, err := s.Begin(ctx, "claim", fp)
+	require.ErrorIs(t, err, idem.ErrInProgress)
+	require.Nil(t, l2)
+	require.NoError(t, l.Extend(ctx, math.MaxInt64))
+	assert.Greater(t, pttl("claim"), 24*time.Hour, "extended by the longest Duration")
+	require.NoError(t, l.Complete(idem.WithTTL(ctx, math.MaxInt64), []byte("charged")))
+	assert.Greater(t, pttl("claim"), 24*time.Hour, "completed with WithTTL(MaxInt64)")
+}
+
+// TestWaitTimeoutBounds: with too few replicas, Complete reports
+// ErrNotReplicated after about WaitTimeout, whether WaitTimeout is below a
+// millisecond (WAIT's unit, where 0 means wait for ever) or longer than
+// the client's ReadTimeout.
+func TestWaitTimeoutBounds(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	srv.StartReplica().Stop()
+	require.Eventually(t, func() bool {
+		info, err := redistest.Command(srv.Addr, "INFO", "replication")
+		return err == nil && strings.Contains(info, "connected_slaves:0")
+	}, 5*time.Second, 20*time.Millisecond)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 300 * time.Millisecond})
+	t.Cleanup(func() { _ = rdb.Close() })
+	for i, wait := range []time.Duration{600 * time.Millisecond, 500 * time.Microsecond} {
+		s := storeOn(t, rdb, &redisstore.Config{WaitReplicas: 1, WaitTimeout: wait}, &idem.Options{GCInterval: -1})
+		key := fmt.Sprintf("k%d", i)
+		l, _, err := s.Begin(ctx, key, fp)
+		require.NoError(t, err)
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = l.Complete(cctx, []byte("receipt"))
+		cancel()
+		require.ErrorIs(t, err, redisstore.ErrNotReplicated, "WaitTimeout %v", wait)
+		rec, err := s.Get(ctx, key)
+		require.NoError(t, err)
+		assert.Equal(t, idem.StateCompleted, rec.State)
+	}
 }

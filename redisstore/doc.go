@@ -73,11 +73,18 @@
 // lease is ever granted without Redis's reply. A claim whose reply was lost
 // (a timeout after Redis ran the script) leaves an in-progress record that
 // nobody holds: retries get idem.ErrInProgress until its lease lapses, and
-// then take it over. Set ContextTimeoutEnabled on the client so that ctx
-// deadlines bound each call; without it go-redis bounds each call by its
-// own ReadTimeout and WriteTimeout (3s by default) instead. After Redis
-// comes back, go-redis may answer with its last dial error for up to about
-// a second, until its pool's background probe reconnects.
+// then take it over. go-redis also resends a command whose reply timed out
+// (Options.MaxRetries, 3 by default); when Redis had run the first copy,
+// the resent script finds that write in place, so Begin answers
+// idem.ErrInProgress for its own claim, and Complete, Fail and Release
+// answer idem.ErrLeaseLost although their write was made (a retry of the
+// request replays the outcome). MaxRetries: -1 turns resending off, and
+// such calls return the timeout instead. Set ContextTimeoutEnabled on the
+// client so that ctx deadlines bound each call; without it go-redis bounds
+// each call by its own ReadTimeout and WriteTimeout (3s by default)
+// instead. After Redis comes back, go-redis may answer with its last dial
+// error for up to about a second, until its pool's background probe
+// reconnects.
 //
 // # Durability and failover
 //
@@ -104,4 +111,12 @@
 // whole key (prefix and all). A prefix holding a hash tag ("{...}") would
 // put every record in one slot. Scan visits every master in turn (a Ring:
 // every shard). WAIT runs on the master that owns the key.
+//
+// A go-redis Ring is not a safe home for records that must not run twice:
+// when its health check finds a shard down, the Ring hashes that shard's
+// keys to the other shards, where they are absent, so a retry of a
+// completed request gets a new lease and runs again (and again when the
+// shard returns). Scan skips a shard that is down. Use a Ring only where
+// losing records with a shard is acceptable; Cluster and Sentinel fail
+// over to a replica instead.
 package redisstore

@@ -22,9 +22,10 @@ const DefaultWaitTimeout = time.Second
 
 // ErrNotReplicated is returned by a durable write (Lease.Complete and
 // Lease.Fail) when Config.WaitReplicas is set and fewer replicas than that
-// acknowledged the write within Config.WaitTimeout. The write itself was
-// made on the master and is what every later read sees; only the promise
-// that it survives a failover is missing.
+// acknowledged the write within Config.WaitTimeout, or WAIT itself failed
+// (its cause is wrapped too). The write itself was made on the master and
+// is what every later read sees; only the promise that it survives a
+// failover is missing.
 var ErrNotReplicated = errors.New("write not acknowledged by enough replicas")
 
 // Config configures a Backend. A nil *Config, and every zero field, means
@@ -46,7 +47,8 @@ type Config struct {
 	WaitReplicas int
 
 	// WaitTimeout bounds the wait for replicas. Zero means
-	// DefaultWaitTimeout (1s).
+	// DefaultWaitTimeout (1s); less than a millisecond, WAIT's unit, means
+	// one millisecond.
 	WaitTimeout time.Duration
 }
 
@@ -66,7 +68,8 @@ var _ idem.Backend = (*Backend)(nil)
 // Open returns an idem.Store on rdb with the default Config (prefix
 // "idem:", no WAIT). Passing nil options uses idem's defaults. rdb may be a
 // *redis.Client (standalone or Sentinel failover), a *redis.ClusterClient
-// or a *redis.Ring. Closing the store does not close rdb: the caller owns
+// or a *redis.Ring (see the package doc for what a Ring loses when a
+// shard is down). Closing the store does not close rdb: the caller owns
 // it and closes it after the store.
 func Open(rdb redis.UniversalClient, opts *idem.Options) (*idem.Store, error) {
 	if rdb == nil {
@@ -88,6 +91,8 @@ func NewBackend(rdb redis.UniversalClient, cfg *Config) *Backend {
 	if c.WaitTimeout <= 0 {
 		c.WaitTimeout = DefaultWaitTimeout
 	}
+	// WAIT counts in whole milliseconds, and WAIT n 0 waits for ever.
+	c.WaitTimeout = max(c.WaitTimeout, time.Millisecond)
 	return &Backend{rdb: rdb, prefix: c.Prefix, wait: max(c.WaitReplicas, 0), waitTO: c.WaitTimeout}
 }
 
@@ -184,8 +189,15 @@ func casArgs(old, new []byte, expireAt time.Time) []any {
 	}
 	ms := int64(1)
 	if new != nil {
-		// Round up, and never zero: PX needs a positive expiry.
-		ms = max((time.Until(expireAt) + time.Millisecond - 1).Milliseconds(), 1)
+		// Round up, and never zero: PX needs a positive expiry. Rounding
+		// by adding first would overflow the longest Duration, which
+		// time.Until returns for an expiry centuries away, into 1ms.
+		d := time.Until(expireAt)
+		ms = d.Milliseconds()
+		if d%time.Millisecond > 0 {
+			ms++
+		}
+		ms = max(ms, 1)
 	}
 	return []any{hasOld, old, hasNew, new, ms}
 }
@@ -201,43 +213,35 @@ func casResult(res any) ([]byte, bool, error) {
 	}
 }
 
-// casAndWait runs the script and WAIT in one pipeline on the connection of
-// the node that owns k: WAIT counts the replicas that have every write made
-// earlier on its own connection.
+// casAndWait runs the script and then WAIT on one connection to the node
+// that owns k: WAIT counts the replicas that have every write made earlier
+// on its own connection. WAIT is sent by itself, not pipelined with the
+// script, so that go-redis gives its reply WaitTimeout (and a margin)
+// rather than the client's ReadTimeout, and never resends the script
+// because WAIT was slow.
 func (b *Backend) casAndWait(ctx context.Context, k string, args []any) (any, error) {
 	node, err := b.nodeFor(ctx, k)
 	if err != nil {
 		return nil, err
 	}
-	res, acked, err := b.pipeWait(ctx, node, k, args, casScript.EvalSha)
-	if redis.HasErrorPrefix(err, "NOSCRIPT") {
-		res, acked, err = b.pipeWait(ctx, node, k, args, casScript.Eval)
-	}
+	cn := node.Conn()
+	defer cn.Close()
+	res, err := casScript.Run(ctx, cn, []string{k}, args...).Result()
 	if err != nil {
 		return nil, err
 	}
-	if n, swapped := res.(int64); swapped && n == 1 && acked < int64(b.wait) {
+	if n, swapped := res.(int64); !swapped || n != 1 {
+		return res, nil
+	}
+	acked, err := cn.Wait(ctx, b.wait, b.waitTO).Result()
+	if err != nil {
+		// The swap was made on the master; only WAIT's answer is missing.
+		return res, fmt.Errorf("%w: redis wait: %w", ErrNotReplicated, err)
+	}
+	if acked < int64(b.wait) {
 		return res, fmt.Errorf("%w: %d of %d replicas within %v", ErrNotReplicated, acked, b.wait, b.waitTO)
 	}
 	return res, nil
-}
-
-type evalFunc func(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd
-
-func (b *Backend) pipeWait(ctx context.Context, node *redis.Client, k string, args []any, eval evalFunc) (any, int64, error) {
-	pipe := node.Pipeline()
-	cas := eval(ctx, pipe, []string{k}, args...)
-	wait := pipe.Do(ctx, "wait", b.wait, b.waitTO.Milliseconds())
-	_, _ = pipe.Exec(ctx)
-	res, err := cas.Result()
-	if err != nil {
-		return nil, 0, err
-	}
-	acked, err := wait.Int64()
-	if err != nil {
-		return nil, 0, err
-	}
-	return res, acked, nil
 }
 
 // nodeFor returns the client of the one server that owns k.
