@@ -35,7 +35,10 @@ type Config struct {
 	// that one Redis can hold several stores and other data. Zero means
 	// DefaultPrefix ("idem:"). On Redis Cluster a prefix such as
 	// "idem:{tenant}:" would put every record in one slot, and so on one
-	// node; leave braces out unless that is wanted.
+	// node; leave braces out unless that is wanted. Prefixes of stores
+	// sharing one Redis must not nest: a store under "idem:" sees the keys
+	// of a store under "idem:x:" as its own records "x:...", so its scans,
+	// counts and purges would reach them.
 	Prefix string
 
 	// WaitReplicas makes every durable write (Complete and Fail) wait, with

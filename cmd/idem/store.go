@@ -43,7 +43,10 @@ func addStoreFlags(fs *flag.FlagSet) *storeFlags {
 
 // Timeouts of the Redis client. Context deadlines also apply to socket
 // reads and writes (ContextTimeoutEnabled), so a stalled Redis fails a
-// request instead of hanging it.
+// request instead of hanging it. The client never resends a command whose
+// reply timed out (MaxRetries -1): a resent script that finds its own
+// write would answer a repair with "the record changed" although it was
+// made (see redisstore's package doc).
 const (
 	redisDialTimeout = 5 * time.Second
 	redisIOTimeout   = 3 * time.Second
@@ -207,7 +210,7 @@ func (f *storeFlags) redisClient() (redis.UniversalClient, error) {
 				return nil, bad(err)
 			}
 		}
-		o.ContextTimeoutEnabled = true
+		o.ContextTimeoutEnabled, o.MaxRetries = true, -1
 		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
 		return redis.NewClusterClient(o), nil
 	case f.sentinel != "":
@@ -219,7 +222,7 @@ func (f *storeFlags) redisClient() (redis.UniversalClient, error) {
 			}
 		}
 		o.MasterName = f.sentinel
-		o.ContextTimeoutEnabled = true
+		o.ContextTimeoutEnabled, o.MaxRetries = true, -1
 		o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
 		return redis.NewFailoverClient(o), nil
 	}
@@ -230,7 +233,7 @@ func (f *storeFlags) redisClient() (redis.UniversalClient, error) {
 			return nil, bad(err)
 		}
 	}
-	o.ContextTimeoutEnabled = true
+	o.ContextTimeoutEnabled, o.MaxRetries = true, -1
 	o.DialTimeout, o.ReadTimeout, o.WriteTimeout = redisDialTimeout, redisIOTimeout, redisIOTimeout
 	return redis.NewClient(o), nil
 }
