@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"net"
 	"net/http"
+	"strings"
 )
 
 // capture is the ResponseWriter the handler writes to. It keeps the status,
@@ -17,7 +18,8 @@ type capture struct {
 	header http.Header
 	limit  int // largest body kept in memory
 
-	status   int // 0 until WriteHeader
+	status   int         // 0 until WriteHeader
+	wrote    http.Header // the headers as they were at WriteHeader
 	body     bytes.Buffer
 	unstored string // non-empty once the response is passing through
 	hijacked bool
@@ -43,9 +45,29 @@ func (c *capture) WriteHeader(code int) {
 		return
 	}
 	c.status = code
+	// As net/http does, later changes to the headers are not sent, but
+	// for trailers.
+	c.wrote = c.header.Clone()
 	if c.unstored != "" {
 		c.w.WriteHeader(code)
 	}
+}
+
+// final returns the headers of the response as net/http would send them:
+// those set before WriteHeader, and the trailers (declared in Trailer, or
+// with http.TrailerPrefix) with the values they have now.
+func (c *capture) final() http.Header {
+	if c.wrote == nil {
+		return c.header
+	}
+	h := c.wrote.Clone()
+	declared := listedNames(c.wrote, "Trailer")
+	for name, vals := range c.header {
+		if declared[http.CanonicalHeaderKey(name)] || strings.HasPrefix(name, http.TrailerPrefix) {
+			h[name] = vals
+		}
+	}
+	return h
 }
 
 // Write keeps b, or passes it through once the response is unstored.
@@ -121,7 +143,7 @@ func (c *capture) response() *response {
 	if status == 0 {
 		status = http.StatusOK
 	}
-	return &response{status: status, header: storableHeader(c.header), body: c.body.Bytes()}
+	return &response{status: status, header: storableHeader(c.final()), body: c.body.Bytes()}
 }
 
 // copyHeader sets every header of src on dst, replacing values dst had.

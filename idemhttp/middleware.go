@@ -217,7 +217,7 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 		data := encodeResponse(resp)
 		// The client gets every header and trailer the handler set; the
 		// store keeps only the headers that may be replayed.
-		head, trailer := splitTrailers(c.header)
+		head, trailer := splitTrailers(c.final())
 		sent := &response{status: resp.status, header: head, body: resp.body, trailer: trailer}
 		if len(data) <= m.maxResp {
 			var err error

@@ -2,6 +2,7 @@ package idemhttp_test
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/idemdb/idem"
@@ -178,4 +180,37 @@ func TestExpiresHeaderMatchesRecord(t *testing.T) {
 	replay := serve(h, post("/payments", "k", "a"))
 	require.Equal(t, "true", replay.Header().Get("Idempotent-Replayed"))
 	require.Equal(t, first.Header().Get("Idempotency-Expires"), replay.Header().Get("Idempotency-Expires"))
+}
+
+// Headers a handler sets after WriteHeader are not sent by net/http (but
+// for trailers); behind the middleware they are not sent either, on the
+// first response or the replay.
+func TestHeadersAfterWriteHeaderNotSent(t *testing.T) {
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Before", "1")
+		w.WriteHeader(http.StatusCreated)
+		w.Header().Set("X-After", "1")
+		w.Header().Set("X-Before", "changed")
+		_, _ = w.Write([]byte("ok"))
+	})
+	bare := httptest.NewServer(handler)
+	defer bare.Close()
+	s := openStore(t, nil)
+	wrapped := httptest.NewServer(idemhttp.New(s, nil)(handler))
+	defer wrapped.Close()
+	do := func(url string) *http.Response {
+		req, err := http.NewRequest(http.MethodPost, url, strings.NewReader("x"))
+		require.NoError(t, err)
+		req.Header.Set("Idempotency-Key", "k")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	for i, resp := range []*http.Response{do(bare.URL), do(wrapped.URL), do(wrapped.URL)} {
+		assert.Equal(t, http.StatusCreated, resp.StatusCode, i)
+		assert.Equal(t, "1", resp.Header.Get("X-Before"), i)
+		assert.Empty(t, resp.Header.Get("X-After"), i)
+	}
 }
