@@ -50,6 +50,7 @@ func Run(t *testing.T, open Opener) {
 		{"ForceDelete", testForceDelete},
 		{"Restore", testRestore},
 		{"Observer", testObserver},
+		{"RandomOps", testRandomOps},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open) })
