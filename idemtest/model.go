@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +31,8 @@ const (
 
 // testRandomOps runs random operations from several goroutines over a few
 // keys, with a clock the test moves in jumps past lease lapses and record
-// expiries, and checks every answer against a model of the state table.
+// expiries, and checks every answer against a model of the state table
+// ("plain", and "cached" with the read cache on).
 //
 // The model is exact because each key's operations are serialized by a
 // mutex of the test (the store sees different keys at once), and the clock
@@ -40,6 +42,10 @@ const (
 // answers. What the model does not know, the first token of a new record,
 // it checks for what the contract promises (a token never handed out
 // before under the key, and above the expired record's) and then adopts.
+//
+// Serialized, the backend's compare-and-swap never loses a race, so
+// "racing" then runs operations on the same keys at once and checks what
+// must hold in any order (see testRacing).
 func testRandomOps(t *testing.T, open Opener) {
 	seed := uint64(1)
 	if v := os.Getenv(SeedEnv); v != "" {
@@ -49,20 +55,23 @@ func testRandomOps(t *testing.T, open Opener) {
 		}
 		seed = n
 	}
-	ops := 1500 // per worker
+	ops, rounds := 1500, 20 // ops per worker; rounds of racing
 	if testing.Short() {
-		ops = 300
+		ops, rounds = 300, 5
+	}
+	logSeed := func(t *testing.T) {
+		t.Cleanup(func() {
+			if t.Failed() {
+				t.Logf("seed %d: repeat the same operations with %s=%d (the interleaving may differ)", seed, SeedEnv, seed)
+			}
+		})
 	}
 	for _, tc := range []struct {
 		name  string
 		cache int64
 	}{{"plain", 0}, {"cached", 1 << 20}} {
 		t.Run(tc.name, func(t *testing.T) {
-			t.Cleanup(func() {
-				if t.Failed() {
-					t.Logf("seed %d: repeat the same operations with %s=%d (the interleaving may differ)", seed, SeedEnv, seed)
-				}
-			})
+			logSeed(t)
 			s, clk := fixture(t, open, func(o *idem.Options) { o.CacheSize = tc.cache })
 			m := &model{t: t, s: s, clk: clk, seed: seed, lastAdvance: time.Now(), outcomes: map[string]int{}}
 			for i := range m.keys {
@@ -89,6 +98,10 @@ func testRandomOps(t *testing.T, open Opener) {
 			}
 		})
 	}
+	t.Run("racing", func(t *testing.T) {
+		logSeed(t)
+		testRacing(t, open, seed, rounds)
+	})
 }
 
 // allOutcomes are the kinds of answer a run must have reached.
@@ -233,6 +246,9 @@ func (w *worker) onKey(i int, op func(k *keyModel, now time.Time)) {
 	k := w.m.keys[i]
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if w.m.failed.Load() {
+		return // one failure is enough: the key's history ends with it
+	}
 	w.m.clockMu.RLock()
 	defer w.m.clockMu.RUnlock()
 	now := w.m.clk.Now()
@@ -677,4 +693,175 @@ func latest(a, b time.Time) time.Time {
 		return a
 	}
 	return b
+}
+
+// raceHistory is what the racing workers saw on one key, recorded after
+// each operation returned: it orders nothing, so the checks on it need no
+// order either.
+type raceHistory struct {
+	mu      sync.Mutex // protects the fields below
+	grants  []uint64   // tokens of the leases Begin granted
+	ends    map[uint64][]raceEnd
+	replays []*idem.Record
+}
+
+type raceEnd struct {
+	st        idem.State
+	retryable bool
+	response  []byte
+}
+
+// testRacing runs the same operations on the same keys at once, with no
+// serialization by the test, so that the backend's compare-and-swap is
+// raced, and checks what must hold however they interleave. The clock
+// stands still and nothing deletes, so a lease never lapses and a key's
+// next lease can only follow a retryable failure of the one before.
+func testRacing(t *testing.T, open Opener, seed uint64, rounds int) {
+	const keys, ops = 4, 60 // per round; ops per worker
+	ctx := context.Background()
+	s, _ := fixture(t, open)
+	grants := 0
+	for r := 0; r < rounds; r++ {
+		hist := make([]*raceHistory, keys)
+		for i := range hist {
+			hist[i] = &raceHistory{ends: map[uint64][]raceEnd{}}
+		}
+		name := func(i int) string { return fmt.Sprintf("race-%d-%d", r, i) }
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for g := 0; g < modelWorkers; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				rng := rand.New(rand.NewPCG(seed, uint64(r*modelWorkers+g)))
+				var held []*idem.Lease
+				for n := 0; n < ops; n++ {
+					i := rng.IntN(keys)
+					h := hist[i]
+					if len(held) == 0 || rng.IntN(2) == 0 {
+						l, rec, err := s.Begin(ctx, name(i), fpA)
+						switch {
+						case l != nil:
+							held = append(held, l)
+							h.mu.Lock()
+							h.grants = append(h.grants, l.Token())
+							h.mu.Unlock()
+						case err == nil:
+							h.mu.Lock()
+							h.replays = append(h.replays, rec)
+							h.mu.Unlock()
+						case !errors.Is(err, idem.ErrInProgress):
+							t.Errorf("seed %d, key %q: Begin: %v", seed, name(i), err)
+						}
+						continue
+					}
+					l := held[len(held)-1]
+					if rng.IntN(2) == 0 {
+						l = held[rng.IntN(len(held))]
+					}
+					var e raceEnd
+					var err error
+					switch x := rng.IntN(10); {
+					case x < 3:
+						e = raceEnd{st: idem.StateCompleted, response: fmt.Appendf(nil, "done by %d", l.Token())}
+						err = l.Complete(ctx, e.response)
+					case x < 8:
+						e = raceEnd{st: idem.StateFailed, retryable: true}
+						err = l.Fail(ctx, nil, true)
+					case x < 9:
+						e = raceEnd{st: idem.StateFailed, response: fmt.Appendf(nil, "declined by %d", l.Token())}
+						err = l.Fail(ctx, e.response, false)
+					default:
+						err = l.Extend(ctx, time.Minute)
+						e.st = idem.StateInProgress
+					}
+					switch {
+					case err == nil && e.st != idem.StateInProgress:
+						hl := hist[keyIndex(l.Key())]
+						hl.mu.Lock()
+						hl.ends[l.Token()] = append(hl.ends[l.Token()], e)
+						hl.mu.Unlock()
+					case err != nil && !errors.Is(err, idem.ErrLeaseLost):
+						t.Errorf("seed %d, key %q: ending lease %d: %v", seed, l.Key(), l.Token(), err)
+					}
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		for i, h := range hist {
+			if msg := h.check(ctx, s, name(i)); msg != "" {
+				t.Errorf("seed %d, key %q: %s", seed, name(i), msg)
+				return
+			}
+			grants += len(h.grants)
+		}
+	}
+	st := s.Stats()
+	t.Logf("seed %d: %d rounds, %d leases, %d lost compare-and-swaps", seed, rounds, grants, st.Conflicts)
+	if !testing.Short() && st.Conflicts == 0 {
+		t.Errorf("seed %d: no compare-and-swap was lost to another: the racing did not race", seed)
+	}
+}
+
+// keyIndex returns i of the key "race-r-i".
+func keyIndex(key string) int {
+	i, _ := strconv.Atoi(key[strings.LastIndexByte(key, '-')+1:])
+	return i
+}
+
+// check says what in h breaks the rules, or returns "". With the clock
+// standing still the leases of a key have consecutive tokens; each ended
+// at most once; every one but the last failed retryably (nothing else lets
+// the next be granted); only the last may have a final outcome, and every
+// replay is that outcome, which is also what is stored now.
+func (h *raceHistory) check(ctx context.Context, s *idem.Store, key string) string {
+	if len(h.grants) == 0 {
+		return ""
+	}
+	slices.Sort(h.grants)
+	first, last := h.grants[0], h.grants[len(h.grants)-1]
+	for n, tok := range h.grants {
+		if tok != first+uint64(n) {
+			return fmt.Sprintf("lease tokens %v are not consecutive: two leases were live at once", h.grants)
+		}
+	}
+	var final *raceEnd
+	for tok, ends := range h.ends {
+		if len(ends) > 1 {
+			return fmt.Sprintf("lease %d ended %d times: %v", tok, len(ends), ends)
+		}
+		e := ends[0]
+		if e.st == idem.StateCompleted || !e.retryable {
+			if tok != last {
+				return fmt.Sprintf("lease %d ended with a final %s, yet lease %d was granted after it (leases %v)", tok, e.st, last, h.grants)
+			}
+			final = &e
+		}
+	}
+	for _, tok := range h.grants[:len(h.grants)-1] {
+		if e := h.ends[tok]; len(e) == 0 || !e[0].retryable {
+			return fmt.Sprintf("lease %d was followed by lease %d without failing retryably (its ends: %v)", tok, tok+1, e)
+		}
+	}
+	for _, rec := range h.replays {
+		if final == nil || rec.State != final.st || !bytes.Equal(rec.Response, final.response) || rec.Token != last {
+			return fmt.Sprintf("Begin replayed %s, but the final outcome was %v (leases %v)", describe(rec), final, h.grants)
+		}
+	}
+	rec, err := s.Get(ctx, key)
+	if err != nil {
+		return fmt.Sprintf("Get after the round: %v", err)
+	}
+	ends := h.ends[last]
+	switch {
+	case rec.Token != last:
+		return fmt.Sprintf("stored token %d, but the last lease was %d", rec.Token, last)
+	case len(ends) == 0 && rec.State != idem.StateInProgress:
+		return fmt.Sprintf("the last lease never ended, yet the record is %s", describe(rec))
+	case len(ends) == 1 && (rec.State != ends[0].st || rec.Retryable != ends[0].retryable || !bytes.Equal(rec.Response, ends[0].response)):
+		return fmt.Sprintf("the last lease ended with %v, yet the record is %s", ends[0], describe(rec))
+	}
+	return ""
 }
