@@ -3,6 +3,7 @@ package idemadmin
 import (
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -30,6 +31,20 @@ type Record struct {
 	// Corrupt holds the decoding error of a record that cannot be read
 	// (State is then "corrupt" and the other fields are empty).
 	Corrupt string `json:"corrupt,omitempty"`
+}
+
+// MarshalJSON writes j with an empty response as "" and a missing one left
+// out, so that export and import keep the difference.
+func (j Record) MarshalJSON() ([]byte, error) {
+	type plain Record // without this method
+	out := struct {
+		plain
+		Response *[]byte `json:"response,omitempty"`
+	}{plain: plain(j)}
+	if j.Response != nil {
+		out.Response = &j.Response
+	}
+	return json.Marshal(out)
 }
 
 // StateCorrupt is the State of a Record that could not be decoded.
