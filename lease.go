@@ -157,6 +157,7 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 	// fails harmlessly, returning what is stored, if anything else wrote
 	// the key since.
 	cur := l.takeData()
+	guessed := cur != nil // cur is the lease's own last write, not yet read back
 	if cur == nil {
 		var err error
 		if cur, err = s.b.Load(ctx, l.key); err != nil {
@@ -173,6 +174,17 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 			return wrap(op, l.key, err)
 		}
 		if rec.State != StateInProgress || rec.Token != l.token || !rec.CreatedAt.Equal(l.created) || rec.Expired(now) {
+			if guessed {
+				// The lease's own write has expired, but the stored
+				// record may be another write of it with a longer life
+				// (Restore puts back token and CreatedAt): decide on
+				// what is stored.
+				guessed = false
+				if cur, err = s.b.Load(ctx, l.key); err != nil {
+					return wrap(op, l.key, err)
+				}
+				continue
+			}
 			return s.lost(op, l, rec, now)
 		}
 		var next []byte
@@ -194,7 +206,7 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 			return nil
 		}
 		s.stats.conflicts.Add(1)
-		cur = current
+		cur, guessed = current, false
 	}
 }
 

@@ -284,6 +284,18 @@ func testRestore(t *testing.T, open Opener) {
 	_, err = dst.Get(ctx, "new")
 	assert.ErrorIs(t, err, idem.ErrNotFound, "nothing written by refused restores")
 	assert.Error(t, dst.Restore(ctx, nil, false))
+
+	// A lease whose record is put back with a longer life still ends it
+	// after the life the lease itself wrote has passed: it is fenced on
+	// what is stored, not on its own last write.
+	kept := begin(t, dst, "kept", fpA)
+	r := *rec0(t, dst, "kept")
+	r.LeaseUntil = clk.Now().Add(2 * completedTTL)
+	r.ExpiresAt = r.LeaseUntil
+	require.NoError(t, dst.Restore(ctx, &r, true))
+	clk.Advance(completedTTL + time.Hour)
+	require.NoError(t, kept.Complete(ctx, []byte("kept")), "the stored record is still the lease's")
+	assert.Equal(t, []byte("kept"), rec0(t, dst, "kept").Response)
 }
 
 // testObserver checks that Options.Observer is told every Begin, Get and
