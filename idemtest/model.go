@@ -30,9 +30,10 @@ const (
 )
 
 // testRandomOps runs random operations from several goroutines over a few
-// keys, with a clock the test moves in jumps past lease lapses and record
-// expiries, and checks every answer against a model of the state table
-// ("plain", and "cached" with the read cache on).
+// keys (Begin, the lease steps, Get, Delete, the operator repairs, Restore
+// and Do), with a clock the test moves in jumps past lease lapses and
+// record expiries, and checks every answer against a model of the state
+// table ("plain", and "cached" with the read cache on).
 //
 // The model is exact because each key's operations are serialized by a
 // mutex of the test (the store sees different keys at once), and the clock
@@ -42,6 +43,9 @@ const (
 // answers. What the model does not know, the first token of a new record,
 // it checks for what the contract promises (a token never handed out
 // before under the key, and above the expired record's) and then adopts.
+// Restore writes tokens and CreatedAt as given, so a lease is on the
+// stored record while that carries its token and CreatedAt (see held);
+// Do's fn counts its runs, which must match the leases Do was granted.
 //
 // Serialized, the backend's compare-and-swap never loses a race, so
 // "racing" then runs operations on the same keys at once and checks what
@@ -75,7 +79,7 @@ func testRandomOps(t *testing.T, open Opener) {
 			s, clk := fixture(t, open, func(o *idem.Options) { o.CacheSize = tc.cache })
 			m := &model{t: t, s: s, clk: clk, seed: seed, lastAdvance: time.Now(), outcomes: map[string]int{}}
 			for i := range m.keys {
-				m.keys[i] = &keyModel{name: fmt.Sprintf("model-%d", i), idx: i, tokens: map[uint64]bool{}}
+				m.keys[i] = &keyModel{name: fmt.Sprintf("model-%d", i), idx: i, tokens: map[uint64]bool{}, leases: map[leaseID]bool{}}
 			}
 			var wg sync.WaitGroup
 			for g := 0; g < modelWorkers; g++ {
@@ -114,6 +118,10 @@ var allOutcomes = []string{
 	"force-release: applied", "force-release: lease lost", "force-release: not found",
 	"force-fail: applied", "force-fail: lease lost", "force-fail: not found",
 	"force-delete: applied", "force-delete: lease lost", "force-delete: not found",
+	"restore: stored", "restore: overwrote a live record", "restore: exists", "restore: expired, refused",
+	"end: lease lost to another record with its token", "end: applied on its record put back by Restore",
+	"do: ran, completed", "do: ran, retryable failure", "do: ran, permanent failure",
+	"do: replay", "do: replay of a permanent failure", "do: in progress", "do: fingerprint mismatch",
 }
 
 // model is the expected state of every key, and the store it checks.
@@ -129,7 +137,6 @@ type model struct {
 	lastAdvance time.Time // real time of the last advance; guarded by clockMu
 
 	keys   [modelKeys]*keyModel
-	lives  atomic.Uint64 // numbers the records of all keys
 	ops    atomic.Int64
 	failed atomic.Bool
 
@@ -153,22 +160,37 @@ type keyModel struct {
 	// rec is the stored record, nil when there is none. An expired record
 	// stays here, as it stays in the backend: the clock jumps, the real
 	// time that the backend's own expiry follows does not.
-	rec    *idem.Record
-	life   uint64          // which record rec is: leases are fenced on it
-	tokens map[uint64]bool // every token handed out under the key
-	log    []string        // the key's last operations, for failure messages
+	rec      *idem.Record
+	tokens   map[uint64]bool  // every token handed out under the key
+	leases   map[leaseID]bool // every token handed out, with its record's CreatedAt
+	restores int              // how many Restores were stored under the key
+	granted  int              // how many times Do got a lease, so fn must have run
+	ran      int              // how many times the fn given to Do ran
+	log      []string         // the key's last operations, for failure messages
+}
+
+// leaseID is what a lease is fenced on: its token and its record's
+// CreatedAt (in Unix nanoseconds).
+type leaseID struct {
+	token   uint64
+	created int64
 }
 
 // policy is the lifetimes a lease was begun with.
 type policy struct{ lease, completed, failed time.Duration }
 
-// held is a lease a worker holds, live or long stale.
+// held is a lease a worker holds, live or long stale. A record is told
+// from another by its CreatedAt, as the store's fencing tells them: a
+// lease is on the stored record while that is in progress and carries
+// the lease's token and CreatedAt, whatever wrote it (Restore may put back
+// the record a lease was on, or another with its token).
 type held struct {
-	l     *idem.Lease
-	key   int
-	life  uint64
-	token uint64
-	pol   policy
+	l        *idem.Lease
+	key      int
+	token    uint64
+	created  time.Time
+	restores int // the key's count when the lease was granted
+	pol      policy
 }
 
 type worker struct {
@@ -193,21 +215,32 @@ func (w *worker) step() {
 	switch {
 	case r < 10:
 		w.advance()
-	case r < 45:
+	case r < 40:
 		w.onKey(w.rng.IntN(modelKeys), w.begin)
-	case r < 70 && len(w.held) > 0:
+	case r < 65 && len(w.held) > 0:
 		// The newest lease half the time: it is the likeliest to be live.
 		h := w.held[len(w.held)-1]
 		if w.rng.IntN(2) == 0 {
 			h = w.held[w.rng.IntN(len(w.held))]
 		}
 		w.onKey(h.key, func(k *keyModel, now time.Time) { w.endLease(k, now, h) })
-	case r < 82:
+	case r < 75:
 		w.onKey(w.rng.IntN(modelKeys), func(k *keyModel, now time.Time) { w.get(k, now, "get") })
-	case r < 85:
+	case r < 78:
 		w.onKey(w.rng.IntN(modelKeys), w.delete)
-	default:
+	case r < 88:
 		w.onKey(w.rng.IntN(modelKeys), w.force)
+	case r < 93:
+		// Mostly on a held lease's key, with its token and
+		// CreatedAt at hand: Restore then meets the leases it fences.
+		if len(w.held) > 0 && w.rng.IntN(3) != 0 {
+			h := w.held[w.rng.IntN(len(w.held))]
+			w.onKey(h.key, func(k *keyModel, now time.Time) { w.restore(k, now, &h) })
+			break
+		}
+		w.onKey(w.rng.IntN(modelKeys), func(k *keyModel, now time.Time) { w.restore(k, now, nil) })
+	default:
+		w.onKey(w.rng.IntN(modelKeys), w.do)
 	}
 }
 
@@ -310,11 +343,21 @@ func (w *worker) ttlCtx() (context.Context, time.Duration) {
 	return ctx, d
 }
 
-func (w *worker) begin(k *keyModel, now time.Time) {
-	fp := fpA
+// pickFP returns the fingerprint of a Begin or Do: mostly the one most
+// records are made with, so that retries meet them.
+func (w *worker) pickFP() []byte {
 	if w.rng.IntN(4) == 0 {
-		fp = fpB
+		return fpB
 	}
+	return fpA
+}
+
+// beginCtx returns a context with the lifetimes of a Begin or Do,
+// sometimes overridden, the policy they make and the WithTTL override.
+// A lease shorter than the default comes only with short: Do renews its
+// lease every third of it by the real clock, and fn's read of the leased
+// record must not meet a renewal.
+func (w *worker) beginCtx(short bool) (context.Context, policy, time.Duration) {
 	ctx, ttl := w.ttlCtx()
 	pol := policy{lease: leaseTTL, completed: completedTTL, failed: failedTTL}
 	if ttl > 0 {
@@ -322,41 +365,47 @@ func (w *worker) begin(k *keyModel, now time.Time) {
 	}
 	if w.rng.IntN(5) == 0 {
 		pol.lease = []time.Duration{5 * time.Second, 2 * time.Minute}[w.rng.IntN(2)]
+		if !short {
+			pol.lease = 2 * time.Minute
+		}
 		ctx = idem.WithLeaseTTL(ctx, pol.lease)
 	}
-	l, rec, err := w.m.s.Begin(ctx, k.name, fp)
-	desc := fmt.Sprintf("begin fp=%s ttl=%v lease=%v", fp, ttl, pol.lease)
-	if l != nil {
-		w.note(k, now, "%s -> lease token %d", desc, l.Token())
-	} else {
-		w.note(k, now, "%s -> %v (%s)", desc, err, describe(rec))
-	}
+	return ctx, pol, ttl
+}
 
-	cur := k.live(now)
-	var want *idem.Record // the record a lease is on
-	var wantErr error
-	var what string
-	newLife := false
+// decision is what the state table says a Begin (alone or inside Do) with
+// fingerprint fp must answer at now.
+type decision struct {
+	cur     *idem.Record // the live record, nil when there is none
+	want    *idem.Record // the record a granted lease is on; nil when no lease
+	err     error        // when want is nil: ErrInProgress, ErrFingerprintMismatch, or nil for a replay
+	what    string       // the kind of answer
+	newLife bool         // want is a new record, whose first token the store chooses
+}
+
+func (k *keyModel) decide(now time.Time, fp []byte, pol policy) decision {
+	d := decision{cur: k.live(now)}
+	cur := d.cur
 	switch {
 	case cur == nil:
-		what = "begin: new record"
+		d.what = "new record"
 		if k.rec != nil {
-			what = "begin: new record over an expired one"
+			d.what = "new record over an expired one"
 		}
-		want = &idem.Record{Key: k.name, State: idem.StateInProgress, Fingerprint: fp, Attempts: 1,
+		d.want = &idem.Record{Key: k.name, State: idem.StateInProgress, Fingerprint: fp, Attempts: 1,
 			CreatedAt: now, UpdatedAt: now, LeaseUntil: now.Add(pol.lease)}
-		want.ExpiresAt = latest(now.Add(pol.completed), want.LeaseUntil)
-		newLife = true
+		d.want.ExpiresAt = latest(now.Add(pol.completed), d.want.LeaseUntil)
+		d.newLife = true
 	case !bytes.Equal(cur.Fingerprint, fp):
-		what, wantErr = "begin: fingerprint mismatch", idem.ErrFingerprintMismatch
+		d.what, d.err = "fingerprint mismatch", idem.ErrFingerprintMismatch
 	case cur.State == idem.StateInProgress && now.Before(cur.LeaseUntil):
-		what, wantErr = "begin: in progress", idem.ErrInProgress
+		d.what, d.err = "in progress", idem.ErrInProgress
 	case cur.Finished():
-		what = "begin: replay"
+		d.what = "replay"
 	default: // a lapsed lease, or a retryable failure: a new lease on the record
-		what = "begin: takeover of a lapsed lease"
+		d.what = "takeover of a lapsed lease"
 		if cur.State == idem.StateFailed {
-			what = "begin: retry of a retryable failure"
+			d.what = "retry of a retryable failure"
 		}
 		r := *cur
 		r.State = idem.StateInProgress
@@ -367,73 +416,101 @@ func (w *worker) begin(k *keyModel, now time.Time) {
 		r.UpdatedAt = now
 		r.LeaseUntil = now.Add(pol.lease)
 		r.ExpiresAt = latest(latest(cur.ExpiresAt, now.Add(pol.completed)), r.LeaseUntil)
-		want = &r
+		d.want = &r
+	}
+	return d
+}
+
+// adopt checks rec, the record of a lease op was granted by decision d,
+// and makes it the key's record. It reports false after a failure.
+func (w *worker) adopt(k *keyModel, d decision, rec *idem.Record, op string) bool {
+	want := *d.want
+	if d.newLife {
+		// The first token of a record is the store's choice: it must be
+		// above the token of an expired record the store still holds, so
+		// that its holders stay fenced out, and new under the key. Once
+		// Restore has put back a token below one handed out, the one
+		// above the expired record may have been handed out before: then
+		// the record's CreatedAt alone fences the old holders out, and
+		// only the pair must be new.
+		want.Token = rec.Token
+		switch {
+		case rec.Token == 0:
+			w.fail(k, "%s: a new record got token 0", op)
+			return false
+		case k.rec != nil && rec.Token <= k.rec.Token:
+			w.fail(k, "%s: the record that replaced an expired one (token %d) got token %d, not a larger one", op, k.rec.Token, rec.Token)
+			return false
+		case k.tokens[rec.Token] && k.restores == 0:
+			w.fail(k, "%s: token %d was handed out before under this key", op, rec.Token)
+			return false
+		case k.leases[leaseID{rec.Token, rec.CreatedAt.UnixNano()}]:
+			w.fail(k, "%s: token %d was handed out before under this key, on a record created at the same instant", op, rec.Token)
+			return false
+		}
+	}
+	if d := diff(&want, rec); d != "" {
+		w.fail(k, "%s: the new lease's record is wrong: %s", op, d)
+		return false
+	}
+	k.rec = &want
+	k.tokens[want.Token] = true
+	k.leases[leaseID{want.Token, want.CreatedAt.UnixNano()}] = true
+	w.seen[k.idx] = rec
+	return true
+}
+
+func (w *worker) begin(k *keyModel, now time.Time) {
+	fp := w.pickFP()
+	ctx, pol, ttl := w.beginCtx(true)
+	l, rec, err := w.m.s.Begin(ctx, k.name, fp)
+	desc := fmt.Sprintf("begin fp=%s ttl=%v lease=%v", fp, ttl, pol.lease)
+	if l != nil {
+		w.note(k, now, "%s -> lease token %d", desc, l.Token())
+	} else {
+		w.note(k, now, "%s -> %v (%s)", desc, err, describe(rec))
 	}
 
-	if want == nil {
+	d := k.decide(now, fp, pol)
+	if d.want == nil {
 		if l != nil {
-			w.fail(k, "Begin granted lease %d; want %v over the stored %s", l.Token(), orReplay(wantErr), describe(cur))
+			w.fail(k, "Begin granted lease %d; want %v over the stored %s", l.Token(), orReplay(d.err), describe(d.cur))
 			return
 		}
-		if !errors.Is(err, wantErr) {
-			w.fail(k, "Begin: got error %v, want %v", err, orReplay(wantErr))
+		if !errors.Is(err, d.err) {
+			w.fail(k, "Begin: got error %v, want %v", err, orReplay(d.err))
 			return
 		}
-		if d := diff(cur, rec); d != "" {
-			w.fail(k, "Begin (%v) answered with a record that is not the stored one: %s", orReplay(wantErr), d)
+		if df := diff(d.cur, rec); df != "" {
+			w.fail(k, "Begin (%v) answered with a record that is not the stored one: %s", orReplay(d.err), df)
 			return
 		}
 		w.seen[k.idx] = rec
-		w.m.saw(what)
+		w.m.saw("begin: " + d.what)
 		w.check(k, now)
 		return
 	}
 
 	if l == nil {
-		w.fail(k, "Begin: got no lease (error %v, %s); want a lease over the stored %s", err, describe(rec), describe(cur))
+		w.fail(k, "Begin: got no lease (error %v, %s); want a lease over the stored %s", err, describe(rec), describe(d.cur))
 		return
 	}
 	if err != nil || rec == nil {
 		w.fail(k, "Begin: got a lease with error %v and record %s", err, describe(rec))
 		return
 	}
-	if newLife {
-		// The first token of a record is the store's choice: it must be
-		// new under the key, and above the token of an expired record the
-		// store still holds, so that its holders stay fenced out.
-		want.Token = rec.Token
-		switch {
-		case rec.Token == 0:
-			w.fail(k, "Begin: a new record got token 0")
-			return
-		case k.rec != nil && rec.Token <= k.rec.Token:
-			w.fail(k, "Begin: the record that replaced an expired one (token %d) got token %d, not a larger one", k.rec.Token, rec.Token)
-			return
-		}
-	}
-	if k.tokens[rec.Token] {
-		w.fail(k, "Begin: token %d was handed out before under this key", rec.Token)
-		return
-	}
-	if d := diff(want, rec); d != "" {
-		w.fail(k, "Begin: the new lease's record is wrong: %s", d)
+	if !w.adopt(k, d, rec, "Begin") {
 		return
 	}
 	if l.Token() != rec.Token || l.Key() != k.name || !l.Until().Equal(rec.LeaseUntil) {
 		w.fail(k, "Begin: the lease (key %q, token %d, until %v) does not match its record %s", l.Key(), l.Token(), l.Until(), describe(rec))
 		return
 	}
-	if newLife {
-		k.life = w.m.lives.Add(1)
-	}
-	k.rec = want
-	k.tokens[want.Token] = true
-	w.seen[k.idx] = rec
 	if len(w.held) == modelHeld {
 		w.held = w.held[1:]
 	}
-	w.held = append(w.held, held{l: l, key: k.idx, life: k.life, token: want.Token, pol: pol})
-	w.m.saw(what)
+	w.held = append(w.held, held{l: l, key: k.idx, token: rec.Token, created: rec.CreatedAt, restores: k.restores, pol: pol})
+	w.m.saw("begin: " + d.what)
 	w.check(k, now)
 }
 
@@ -442,7 +519,7 @@ func (w *worker) begin(k *keyModel, now time.Time) {
 // ErrLeaseLost, and nothing changes.
 func (w *worker) endLease(k *keyModel, now time.Time, h held) {
 	cur := k.live(now)
-	mine := cur != nil && cur.State == idem.StateInProgress && k.life == h.life && cur.Token == h.token
+	mine := cur != nil && cur.State == idem.StateInProgress && cur.Token == h.token && cur.CreatedAt.Equal(h.created)
 	var next *idem.Record
 	if mine {
 		r := *cur
@@ -488,14 +565,19 @@ func (w *worker) endLease(k *keyModel, now time.Time, h held) {
 		err = h.l.Release(ctx)
 		next = nil
 	}
-	w.note(k, now, "lease %d (record #%d): %s -> %v", h.token, h.life, desc, err)
+	w.note(k, now, "lease %d (created %s): %s -> %v", h.token, offset(h.created), desc, err)
 	if !mine {
 		if !errors.Is(err, idem.ErrLeaseLost) {
-			w.fail(k, "%s on lease %d of record #%d: got %v, want ErrLeaseLost: the stored record is #%d %s",
-				desc, h.token, h.life, err, k.life, describe(k.rec))
+			w.fail(k, "%s on lease %d of the record created %s: got %v, want ErrLeaseLost: the stored record is %s",
+				desc, h.token, offset(h.created), err, describe(k.rec))
 			return
 		}
 		w.m.saw(op + ": lease lost")
+		if cur != nil && cur.State == idem.StateInProgress && cur.Token == h.token {
+			// Only Restore makes this: fenced on the token alone, the
+			// lease would write over a record it was never granted.
+			w.m.saw("end: lease lost to another record with its token")
+		}
 		w.check(k, now) // and nothing changed
 		return
 	}
@@ -504,6 +586,9 @@ func (w *worker) endLease(k *keyModel, now time.Time, h held) {
 		return
 	}
 	w.m.saw(op + ": applied")
+	if k.restores != h.restores {
+		w.m.saw("end: applied on its record put back by Restore")
+	}
 	k.rec = next
 	w.check(k, now)
 }
@@ -591,6 +676,198 @@ func (w *worker) force(k *keyModel, now time.Time) {
 	}
 	w.m.saw(op + ": applied")
 	k.rec = next
+	w.check(k, now)
+}
+
+// restore runs Restore with a record built from the key's record, or from
+// h's: its token below, equal to or above theirs, its CreatedAt theirs or
+// another, in any state, now and then already expired.
+func (w *worker) restore(k *keyModel, now time.Time, h *held) {
+	var ref uint64
+	var created time.Time
+	switch {
+	case h != nil:
+		ref, created = h.token, h.created
+	case k.rec != nil:
+		ref, created = k.rec.Token, k.rec.CreatedAt
+	default:
+		ref, created = 1<<32+w.rng.Uint64N(1<<40), now
+	}
+	// Equal half the time: the record then carries a lease's token,
+	// and the lease must still be on it or not by its CreatedAt alone.
+	tok := ref
+	switch w.rng.IntN(4) {
+	case 0:
+		tok = ref - 1 - w.rng.Uint64N(2) // never 0: the store's tokens are random below 2^52
+	case 1:
+		tok = ref + 1 + w.rng.Uint64N(2)
+	}
+	if w.rng.IntN(2) == 0 {
+		created = now.Add(-w.dur(0, time.Hour)) // another record
+	}
+	fp := w.pickFP()
+	if k.rec != nil && w.rng.IntN(4) != 0 {
+		fp = k.rec.Fingerprint
+	}
+	rec := &idem.Record{Key: k.name, State: []idem.State{idem.StateInProgress, idem.StateInProgress, idem.StateCompleted, idem.StateFailed}[w.rng.IntN(4)],
+		Fingerprint: fp, Attempts: 1 + w.rng.IntN(4), Token: tok, CreatedAt: created, UpdatedAt: now}
+	ttl := []time.Duration{10 * time.Minute, time.Hour, completedTTL}[w.rng.IntN(3)]
+	rec.ExpiresAt = now.Add(ttl)
+	expired := w.rng.IntN(15) == 0
+	if expired {
+		rec.ExpiresAt = now.Add(-w.dur(0, time.Hour))
+	}
+	if rec.State == idem.StateInProgress {
+		rec.LeaseUntil = now.Add([]time.Duration{-5 * time.Second, 10 * time.Second, 2 * time.Minute}[w.rng.IntN(3)])
+		if expired {
+			rec.LeaseUntil = rec.ExpiresAt.Add(-time.Second)
+		}
+		rec.ExpiresAt = latest(rec.ExpiresAt, rec.LeaseUntil)
+	} else {
+		rec.Response = w.response()
+		rec.Retryable = rec.State == idem.StateFailed && w.rng.IntN(2) == 0
+	}
+	cur := k.live(now)
+	if cur != nil && diff(cur, rec) == "" {
+		// Restoring the stored record again is a no-op that succeeds
+		// even without overwrite: keep to the documented cases.
+		rec.Attempts++
+	}
+	overwrite := w.rng.IntN(3) != 0
+	arg := *rec // Restore must not keep or change it
+	err := w.m.s.Restore(context.Background(), &arg, overwrite)
+	w.note(k, now, "restore %s overwrite=%v -> %v", describe(rec), overwrite, err)
+	if d := diff(rec, &arg); d != "" {
+		w.fail(k, "Restore changed the record it was given: %s", d)
+		return
+	}
+	switch {
+	case expired:
+		if err == nil || errors.Is(err, idem.ErrExists) {
+			w.fail(k, "Restore of a record that expired at %s: got %v, want an error saying it expired", offset(rec.ExpiresAt), err)
+			return
+		}
+		w.m.saw("restore: expired, refused")
+	case cur != nil && !overwrite:
+		if !errors.Is(err, idem.ErrExists) {
+			w.fail(k, "Restore without overwrite over the live %s: got %v, want ErrExists", describe(cur), err)
+			return
+		}
+		w.m.saw("restore: exists")
+	case err != nil:
+		w.fail(k, "Restore (overwrite %v) over %s: %v", overwrite, describe(cur), err)
+		return
+	default:
+		w.m.saw(map[bool]string{false: "restore: stored", true: "restore: overwrote a live record"}[cur != nil])
+		k.rec = rec
+		k.restores++
+	}
+	w.check(k, now)
+	if h != nil && err == nil && !w.m.failed.Load() && w.rng.IntN(2) == 0 {
+		// The lease held from before must be on the restored record
+		// exactly when that carries its token and CreatedAt.
+		w.endLease(k, now, *h)
+	}
+}
+
+var (
+	errRetryable = errors.New("model: a failure worth retrying")
+	errDeclined  = errors.New("model: declined")
+)
+
+// do runs Do with an fn that returns a response, a retryable error or a
+// Permanent one. fn must run exactly when the state table grants a lease;
+// while it runs, it checks the leased record as Begin's checks are made.
+func (w *worker) do(k *keyModel, now time.Time) {
+	fp := w.pickFP()
+	ctx, pol, ttl := w.beginCtx(false)
+	d := k.decide(now, fp, pol)
+	resp := w.response()
+	kind := []string{"completed", "retryable failure", "permanent failure"}[w.rng.IntN(3)]
+	var fnErr error
+	switch kind {
+	case "retryable failure":
+		fnErr = errRetryable // with resp, which Do must not store
+	case "permanent failure":
+		fnErr = idem.Permanent(errDeclined, resp)
+	}
+	ran, adopted := 0, false
+	fn := func(fctx context.Context) ([]byte, error) {
+		ran++
+		if d.want == nil || ran > 1 {
+			return resp, fnErr // must not run: counted below
+		}
+		rec, err := w.m.s.Get(fctx, k.name)
+		if err != nil {
+			w.fail(k, "Do: Get while fn runs: %v", err)
+			return resp, fnErr
+		}
+		adopted = w.adopt(k, d, rec, "Do")
+		return resp, fnErr
+	}
+	got, replayed, err := w.m.s.Do(ctx, k.name, fp, fn)
+	w.note(k, now, "do fp=%s ttl=%v lease=%v fn=%s %q -> ran %d: %q replayed=%v %v", fp, ttl, pol.lease, kind, resp, ran, got, replayed, err)
+
+	k.ran += ran
+	if d.want != nil {
+		k.granted++
+	}
+	if k.ran != k.granted {
+		w.fail(k, "Do: fn has run %d times under the key, but Do got a lease %d times (this call: ran %d, want %v over the stored %s; Do returned %v)",
+			k.ran, k.granted, ran, d.what, describe(d.cur), err)
+		return
+	}
+	if d.want == nil {
+		var wantResp []byte
+		wantErr, what := d.err, "do: "+d.what
+		if d.err == nil { // a replay
+			wantResp = d.cur.Response
+			if d.cur.State == idem.StateFailed {
+				wantErr, what = idem.ErrFailed, "do: replay of a permanent failure"
+			}
+		}
+		if !errors.Is(err, wantErr) || (wantErr == nil && err != nil) || replayed != (d.err == nil) || !bytes.Equal(got, wantResp) {
+			w.fail(k, "Do: got %q replayed=%v error %v; want %q replayed=%v error %v, over the stored %s",
+				got, replayed, err, wantResp, d.err == nil, wantErr, describe(d.cur))
+			return
+		}
+		w.m.saw(what)
+		w.check(k, now)
+		return
+	}
+	if !adopted {
+		return // failed inside fn
+	}
+	next := *k.rec
+	wantResp := resp
+	switch kind {
+	case "completed":
+		finish(&next, idem.StateCompleted, resp, false, now, pol.completed)
+		if err != nil {
+			w.fail(k, "Do: fn returned %q, yet Do returned error %v", resp, err)
+			return
+		}
+	case "retryable failure":
+		finish(&next, idem.StateFailed, nil, true, now, pol.failed)
+		wantResp = nil
+		if !errors.Is(err, errRetryable) || errors.Is(err, idem.ErrFailed) {
+			w.fail(k, "Do: fn returned %v, yet Do returned error %v", fnErr, err)
+			return
+		}
+	case "permanent failure":
+		finish(&next, idem.StateFailed, resp, false, now, pol.failed)
+		var perm *idem.PermanentError
+		if !errors.Is(err, errDeclined) || !errors.As(err, &perm) || !bytes.Equal(perm.Response, resp) {
+			w.fail(k, "Do: fn returned Permanent(%v, %q), yet Do returned error %v", errDeclined, resp, err)
+			return
+		}
+	}
+	if replayed || !bytes.Equal(got, wantResp) {
+		w.fail(k, "Do: fn ran and returned %q, %v; Do returned %q replayed=%v", resp, fnErr, got, replayed)
+		return
+	}
+	k.rec = &next
+	w.m.saw("do: ran, " + kind)
 	w.check(k, now)
 }
 
