@@ -160,6 +160,9 @@ func launch(bin, root string, cluster bool, conf string, extra []string) (*Serve
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"),
 			"--save", "", "--appendonly", "no", "--daemonize", "no",
+			// A replica's first sync starts at once, not after the
+			// default five seconds spent waiting for more replicas.
+			"--repl-diskless-sync-delay", "0",
 		)
 		if cluster {
 			args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
