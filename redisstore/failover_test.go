@@ -73,7 +73,7 @@ type failoverFixture struct {
 // newClient, with WaitReplicas 1 and a clock that stands still: the held
 // lease never lapses.
 func (f *failoverFixture) open(t *testing.T, newClient func(maxRetries int) redis.UniversalClient) {
-	cfg := &redisstore.Config{Prefix: uniquePrefix(), WaitReplicas: 1, WaitTimeout: 5 * time.Second}
+	cfg := &redisstore.Config{Prefix: uniquePrefix(), WaitReplicas: 1, WaitTimeout: 2 * time.Second}
 	clk := idemtest.NewClock()
 	for _, s := range []**idem.Store{&f.s, &f.other} {
 		maxRetries := 0 // go-redis's default, 3
