@@ -379,3 +379,58 @@ func TestClusterFailover(t *testing.T) {
 	assert.True(t, strings.HasPrefix(role, "slave "), "the killed master returned as a replica: %s", role)
 	f.check(t, "held")
 }
+
+// TestClusterSwitchoverWait moves a master's slots to its replica with
+// CLUSTER FAILOVER (a planned switchover: no write is lost, the old master
+// stays up as a replica) while a lease is held, and completes the lease
+// afterwards with WaitReplicas 1. The client's slot map still names the
+// old master, which answers MOVED: Complete follows it to the new master,
+// as every other call through a ClusterClient does, rather than failing.
+func TestClusterSwitchoverWait(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a six-node cluster")
+	}
+	ctx := context.Background()
+	c := redistest.StartClusterReplicas(t, 3, 1)
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = rdb.Close() })
+	s := storeOn(t, rdb, &redisstore.Config{WaitReplicas: 1, WaitTimeout: 2 * time.Second}, &idem.Options{GCInterval: -1})
+	prefix := s.Backend().(*redisstore.Backend).Prefix()
+	l, _, err := s.Begin(ctx, "k", fp)
+	require.NoError(t, err)
+	master, err := rdb.MasterForKey(ctx, prefix+"k")
+	require.NoError(t, err)
+	old := master.Options().Addr
+
+	var replica string
+	for _, a := range c.Addrs {
+		if info, err := redistest.Command(a, "INFO", "replication"); err == nil &&
+			strings.Contains(info, "master_port:"+old[strings.LastIndex(old, ":")+1:]) {
+			replica = a
+		}
+	}
+	require.NotEmpty(t, replica, "the replica of %s", old)
+	// The replica has the claim before it takes the slots over: a
+	// Complete on the same master, acknowledged by WAIT, came after it.
+	for i := 0; ; i++ {
+		key := fmt.Sprintf("fence-%d", i)
+		if m, err := rdb.MasterForKey(ctx, prefix+key); err != nil || m.Options().Addr != old {
+			continue
+		}
+		lf, _, err := s.Begin(ctx, key, fp)
+		require.NoError(t, err)
+		require.NoError(t, lf.Complete(ctx, nil))
+		break
+	}
+	_, err = redistest.Command(replica, "CLUSTER", "FAILOVER", "TAKEOVER")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		role, err := redistest.Command(old, "ROLE")
+		return err == nil && strings.HasPrefix(role, "slave ")
+	}, 5*time.Second, 20*time.Millisecond, "%s hands its slots to %s", old, replica)
+
+	require.NoError(t, l.Complete(ctx, []byte("after switchover")))
+	_, rec, err := s.Begin(ctx, "k", fp)
+	require.NoError(t, err)
+	assert.Equal(t, "after switchover", string(rec.Response))
+}

@@ -222,11 +222,35 @@ func casResult(res any) ([]byte, bool, error) {
 // script, so that go-redis gives its reply WaitTimeout (and a margin)
 // rather than the client's ReadTimeout, and never resends the script
 // because WAIT was slow.
+//
+// On a Cluster the node comes from the client's slot map, which goes stale
+// when a failover or resharding moves the slot: the node then answers
+// MOVED without running the script. A ClusterClient follows MOVED for the
+// commands it routes itself; this one reloads the map and tries again.
 func (b *Backend) casAndWait(ctx context.Context, k string, args []any) (any, error) {
-	node, err := b.nodeFor(ctx, k)
-	if err != nil {
-		return nil, err
+	const maxRedirects = 3
+	for redirects := 0; ; redirects++ {
+		node, err := b.nodeFor(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		res, err := b.casAndWaitOn(ctx, node, k, args)
+		c, cluster := b.rdb.(*redis.ClusterClient)
+		// Only the script's own error says it did not run; WAIT's is
+		// wrapped in ErrNotReplicated, after the swap was made.
+		_, moved := redis.IsMovedError(err)
+		if !moved || errors.Is(err, ErrNotReplicated) || !cluster || redirects == maxRedirects {
+			return res, err
+		}
+		// ForEachMaster reloads the slot map before it returns.
+		if err := c.ForEachMaster(ctx, func(context.Context, *redis.Client) error { return nil }); err != nil {
+			return nil, err
+		}
 	}
+}
+
+// casAndWaitOn runs the script and WAIT on one connection to node.
+func (b *Backend) casAndWaitOn(ctx context.Context, node *redis.Client, k string, args []any) (any, error) {
 	cn := node.Conn()
 	defer cn.Close()
 	res, err := casScript.Run(ctx, cn, []string{k}, args...).Result()
