@@ -101,7 +101,10 @@
 // ErrNotReplicated when they do not within Config.WaitTimeout (the record
 // is still written on the master). WAIT is not a consensus protocol: a
 // failover can still choose a replica that missed the write, so this
-// lowers the risk rather than removing it. Redis 7.2's WAITAOF (waiting for
+// lowers the risk rather than removing it. Claims are not waited for: a
+// claim the promoted replica missed lets a retry run the request while
+// the first holder still runs it, and only the first outcome written is
+// kept (the other holder gets idem.ErrLeaseLost). Redis 7.2's WAITAOF (waiting for
 // the AOF fsync) is not used, as it needs Redis 7.2.
 //
 // # Cluster

@@ -380,12 +380,12 @@ func TestClusterFailover(t *testing.T) {
 	f.check(t, "held")
 }
 
-// TestClusterSwitchoverWait moves a master's slots to its replica with
-// CLUSTER FAILOVER (a planned switchover: no write is lost, the old master
-// stays up as a replica) while a lease is held, and completes the lease
+// TestClusterSwitchoverWait hands a master's slots to its replica (CLUSTER
+// FAILOVER TAKEOVER, after the replica has the claim; the old master stays
+// up, as a replica) while a lease is held, and completes the lease
 // afterwards with WaitReplicas 1. The client's slot map still names the
 // old master, which answers MOVED: Complete follows it to the new master,
-// as every other call through a ClusterClient does, rather than failing.
+// as every call a ClusterClient routes itself does, rather than failing.
 func TestClusterSwitchoverWait(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a six-node cluster")
@@ -427,10 +427,78 @@ func TestClusterSwitchoverWait(t *testing.T) {
 	require.Eventually(t, func() bool {
 		role, err := redistest.Command(old, "ROLE")
 		return err == nil && strings.HasPrefix(role, "slave ")
-	}, 5*time.Second, 20*time.Millisecond, "%s hands its slots to %s", old, replica)
+	}, failoverDeadline, 20*time.Millisecond, "%s hands its slots to %s", old, replica)
 
 	require.NoError(t, l.Complete(ctx, []byte("after switchover")))
 	_, rec, err := s.Begin(ctx, "k", fp)
 	require.NoError(t, err)
 	assert.Equal(t, "after switchover", string(rec.Response))
+}
+
+// TestClaimLostInFailover shows what WaitReplicas does not cover: a claim
+// (Begin) is not waited for, so when the master dies before its replica
+// has the claim, the promoted replica has no record of it and a retry
+// gets a new lease at once, while the first holder's lease has not
+// lapsed: the request runs twice. Fencing still keeps one outcome: the
+// first holder's Complete gets idem.ErrLeaseLost.
+func TestClaimLostInFailover(t *testing.T) {
+	ctx := context.Background()
+	cfg := &redisstore.Config{Prefix: uniquePrefix(), WaitReplicas: 1, WaitTimeout: 200 * time.Millisecond}
+	clk := idemtest.NewClock() // stands still: no lease lapses
+	master := redistest.Start(t)
+	replica := master.StartReplica()
+	// Both instances' clients dial whichever server is the master, as
+	// a Sentinel client would once it learns of the failover.
+	var current atomic.Value // string: the master's address
+	current.Store(master.Addr)
+	open := func() *idem.Store {
+		rdb := redis.NewClient(&redis.Options{
+			ContextTimeoutEnabled: true,
+			MaxRetries:            -1,
+			Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, network, current.Load().(string))
+			},
+		})
+		t.Cleanup(func() { _ = rdb.Close() })
+		s, err := idem.New(redisstore.NewBackend(rdb, cfg), &idem.Options{GCInterval: -1, Now: clk.Now})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = s.Close() })
+		return s
+	}
+	first, second := open(), open()
+
+	// The replica loses its link to the master (here: it is pointed at
+	// a server that does not exist, keeping its data) and so misses
+	// the claim; the master then dies.
+	_, err := redistest.Command(replica.Addr, "REPLICAOF", "127.0.0.1", "1")
+	require.NoError(t, err)
+	held, _, err := first.Begin(ctx, "k", fp)
+	require.NoError(t, err)
+	require.NotNil(t, held)
+	master.Stop()
+	n, err := redistest.Command(replica.Addr, "EXISTS", cfg.Prefix+"k")
+	require.NoError(t, err)
+	require.Equal(t, "0", n, "the replica missed the claim")
+	_, err = redistest.Command(replica.Addr, "REPLICAOF", "NO", "ONE")
+	require.NoError(t, err)
+	current.Store(replica.Addr)
+
+	var l *idem.Lease
+	require.Eventually(t, func() bool { // until the pool drops its dead connections
+		l, _, err = second.Begin(ctx, "k", fp)
+		return err == nil
+	}, failoverDeadline, 20*time.Millisecond)
+	require.NotNil(t, l, "a second lease while the first is live: the promoted replica has no record of the claim")
+	err = l.Complete(ctx, []byte("second run"))
+	require.ErrorIs(t, err, redisstore.ErrNotReplicated, "the promoted master has no replica")
+
+	require.Eventually(t, func() bool {
+		err = held.Complete(ctx, []byte("first run"))
+		return !errors.Is(err, syscall.ECONNREFUSED) && !errors.Is(err, io.EOF)
+	}, failoverDeadline, 20*time.Millisecond)
+	require.ErrorIs(t, err, idem.ErrLeaseLost, "the first holder is fenced off")
+	rec, err := first.Get(ctx, "k")
+	require.NoError(t, err)
+	assert.Equal(t, "second run", string(rec.Response))
 }

@@ -45,8 +45,11 @@ type Config struct {
 	// the Redis WAIT command, until that many replicas acknowledge it, and
 	// fail with ErrNotReplicated when they do not within WaitTimeout. Zero
 	// means no waiting: Complete returns once the master has the record.
-	// Claims (Begin) and Extend never wait: losing one on a failover only
-	// frees the key for a retry after the instance's lease lapses.
+	// Claims (Begin) and Extend never wait. A claim lost on a failover
+	// frees the key at once: a retry gets a new lease and runs the
+	// request while the first holder may still run it (the holder's
+	// Complete then gets idem.ErrLeaseLost). A lost Extend frees the key
+	// when the lease it extended lapses.
 	WaitReplicas int
 
 	// WaitTimeout bounds the wait for replicas. Zero means
