@@ -101,7 +101,10 @@
 // ErrNotReplicated when they do not within Config.WaitTimeout (the record
 // is still written on the master). WAIT is not a consensus protocol: a
 // failover can still choose a replica that missed the write, so this
-// lowers the risk rather than removing it. Redis 7.2's WAITAOF (waiting for
+// lowers the risk rather than removing it. Claims are not waited for: a
+// claim the promoted replica missed lets a retry run the request while
+// the first holder still runs it, and only the first outcome written is
+// kept (the other holder gets idem.ErrLeaseLost). Redis 7.2's WAITAOF (waiting for
 // the AOF fsync) is not used, as it needs Redis 7.2.
 //
 // # Cluster
@@ -110,7 +113,16 @@
 // slot and no script is cross-slot; keys spread over the slots by the
 // whole key (prefix and all). A prefix holding a hash tag ("{...}") would
 // put every record in one slot. Scan visits every master in turn (a Ring:
-// every shard). WAIT runs on the master that owns the key.
+// every shard). WAIT runs on the master that owns the key; when the
+// client's slot map names a node that answers MOVED, the map is reloaded
+// and the write sent to the new owner.
+//
+// A ClusterClient follows a failover when a node answers MOVED or when it
+// reloads its slot map (ClusterOptions.ClusterStateReloadInterval, a
+// minute by default in go-redis 9.22 and later), but not when the master
+// it knows refuses connections (redis/go-redis#3979): after a master is
+// killed, calls for its slots fail until the next reload. Set the interval
+// to a few seconds.
 //
 // A go-redis Ring is not a safe home for records that must not run twice:
 // when its health check finds a shard down, the Ring hashes that shard's

@@ -45,8 +45,11 @@ type Config struct {
 	// the Redis WAIT command, until that many replicas acknowledge it, and
 	// fail with ErrNotReplicated when they do not within WaitTimeout. Zero
 	// means no waiting: Complete returns once the master has the record.
-	// Claims (Begin) and Extend never wait: losing one on a failover only
-	// frees the key for a retry after the instance's lease lapses.
+	// Claims (Begin) and Extend never wait. A claim lost on a failover
+	// frees the key at once: a retry gets a new lease and runs the
+	// request while the first holder may still run it (the holder's
+	// Complete then gets idem.ErrLeaseLost). A lost Extend frees the key
+	// when the lease it extended lapses.
 	WaitReplicas int
 
 	// WaitTimeout bounds the wait for replicas. Zero means
@@ -222,11 +225,35 @@ func casResult(res any) ([]byte, bool, error) {
 // script, so that go-redis gives its reply WaitTimeout (and a margin)
 // rather than the client's ReadTimeout, and never resends the script
 // because WAIT was slow.
+//
+// On a Cluster the node comes from the client's slot map, which goes stale
+// when a failover or resharding moves the slot: the node then answers
+// MOVED without running the script. A ClusterClient follows MOVED for the
+// commands it routes itself; this one reloads the map and tries again.
 func (b *Backend) casAndWait(ctx context.Context, k string, args []any) (any, error) {
-	node, err := b.nodeFor(ctx, k)
-	if err != nil {
-		return nil, err
+	const maxRedirects = 3
+	for redirects := 0; ; redirects++ {
+		node, err := b.nodeFor(ctx, k)
+		if err != nil {
+			return nil, err
+		}
+		res, err := b.casAndWaitOn(ctx, node, k, args)
+		c, cluster := b.rdb.(*redis.ClusterClient)
+		// Only the script's own error says it did not run; WAIT's is
+		// wrapped in ErrNotReplicated, after the swap was made.
+		_, moved := redis.IsMovedError(err)
+		if !moved || errors.Is(err, ErrNotReplicated) || !cluster || redirects == maxRedirects {
+			return res, err
+		}
+		// ForEachMaster reloads the slot map before it returns.
+		if err := c.ForEachMaster(ctx, func(context.Context, *redis.Client) error { return nil }); err != nil {
+			return nil, err
+		}
 	}
+}
+
+// casAndWaitOn runs the script and WAIT on one connection to node.
+func (b *Backend) casAndWaitOn(ctx context.Context, node *redis.Client, k string, args []any) (any, error) {
 	cn := node.Conn()
 	defer cn.Close()
 	res, err := casScript.Run(ctx, cn, []string{k}, args...).Result()

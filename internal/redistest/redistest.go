@@ -1,7 +1,7 @@
 //go:build unix
 
 // Package redistest starts real redis-server processes for tests: a single
-// server, a replica of one, or a three-node Redis Cluster, each on free
+// server, a replica of one, a Sentinel, or a Redis Cluster, each on free
 // loopback ports in the test's temporary directory, stopped when the test
 // ends.
 //
@@ -78,12 +78,18 @@ func Start(t testing.TB, extra ...string) *Server {
 
 // StartSentinel starts a Redis Sentinel (redis-server in sentinel mode)
 // that monitors master under the name masterName, with a quorum of one,
-// and returns it once it reports the master's address. It is stopped when
-// t ends.
-func StartSentinel(t testing.TB, master *Server, masterName string) *Server {
+// and returns it once it reports the master's address. conf are more
+// lines of its configuration file, written after the monitor line
+// ("sentinel down-after-milliseconds NAME 500"). It is stopped when t
+// ends.
+func StartSentinel(t testing.TB, master *Server, masterName string, conf ...string) *Server {
 	t.Helper()
 	host, port, _ := net.SplitHostPort(master.Addr)
-	s := start(t, false, fmt.Sprintf("sentinel monitor %s %s %s 1\n", masterName, host, port), []string{"--sentinel"})
+	file := fmt.Sprintf("sentinel monitor %s %s %s 1\n", masterName, host, port)
+	for _, line := range conf {
+		file += line + "\n"
+	}
+	s := start(t, false, file, []string{"--sentinel"})
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
 		reply, err := Command(s.Addr, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", masterName)
@@ -154,6 +160,9 @@ func launch(bin, root string, cluster bool, conf string, extra []string) (*Serve
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--dir", dir, "--logfile", filepath.Join(dir, "redis.log"),
 			"--save", "", "--appendonly", "no", "--daemonize", "no",
+			// A replica's first sync starts at once, not after the
+			// default five seconds spent waiting for more replicas.
+			"--repl-diskless-sync-delay", "0",
 		)
 		if cluster {
 			args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes.conf"))
@@ -272,7 +281,8 @@ func (s *Server) logTail() string {
 	return strings.Join(lines, " | ")
 }
 
-// Cluster is a three-master Redis Cluster with no replicas.
+// Cluster is a Redis Cluster started by StartCluster or
+// StartClusterReplicas.
 type Cluster struct {
 	// Addrs are the nodes' "127.0.0.1:port" addresses.
 	Addrs []string
@@ -284,21 +294,33 @@ type Cluster struct {
 // cluster_state:ok. It needs redis-cli beside redis-server.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
+	return StartClusterReplicas(t, 3, 0)
+}
+
+// StartClusterReplicas starts a cluster of masters masters, each with
+// replicas replicas (`redis-cli --cluster create --cluster-replicas`), and
+// returns once every node reports cluster_state:ok and every replica's
+// link to its master is up. extra are more redis-server arguments for
+// every node ("--cluster-node-timeout", "500"). Which nodes are masters is
+// redis-cli's choice: ask the cluster (CLUSTER NODES, or a client's
+// MasterForKey).
+func StartClusterReplicas(t testing.TB, masters, replicas int, extra ...string) *Cluster {
+	t.Helper()
 	Require(t)
 	cli, err := exec.LookPath("redis-cli")
 	if err != nil {
 		t.Fatalf("redistest: redis-server is installed but redis-cli is not: %v", err)
 	}
 	c := &Cluster{}
-	for i := 0; i < 3; i++ {
-		n := start(t, true, "", nil)
+	for i := 0; i < masters*(1+replicas); i++ {
+		n := start(t, true, "", extra)
 		c.Nodes = append(c.Nodes, n)
 		c.Addrs = append(c.Addrs, n.Addr)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	args := append([]string{"--cluster", "create"}, c.Addrs...)
-	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
 	if out, err := exec.CommandContext(ctx, cli, args...).CombinedOutput(); err != nil {
 		t.Fatalf("redistest: redis-cli --cluster create: %v\n%s", err, out)
 	}
@@ -307,7 +329,10 @@ func StartCluster(t testing.TB) *Cluster {
 		for {
 			info, err := Command(a, "CLUSTER", "INFO")
 			if err == nil && strings.Contains(info, "cluster_state:ok") {
-				break
+				repl, err := Command(a, "INFO", "replication")
+				if err == nil && (strings.Contains(repl, "role:master") || strings.Contains(repl, "master_link_status:up")) {
+					break
+				}
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("redistest: cluster node %s not ready: %q %v", a, info, err)
@@ -316,6 +341,16 @@ func StartCluster(t testing.TB) *Cluster {
 		}
 	}
 	return c
+}
+
+// Node returns the cluster's node at addr, or nil.
+func (c *Cluster) Node(addr string) *Server {
+	for _, n := range c.Nodes {
+		if n.Addr == addr {
+			return n
+		}
+	}
+	return nil
 }
 
 // freePort returns a loopback port nobody listens on. For a cluster node
