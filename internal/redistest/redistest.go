@@ -257,15 +257,21 @@ func (s *Server) StartReplica() *Server {
 	s.t.Helper()
 	host, port, _ := net.SplitHostPort(s.Addr)
 	r := Start(s.t, "--replicaof", host, port)
+	// Up on the replica's side, and online on the master's: only then
+	// does the master count it in WAIT.
+	_, rport, _ := net.SplitHostPort(r.Addr)
 	deadline := time.Now().Add(startTimeout)
 	for time.Now().Before(deadline) {
 		info, err := Command(r.Addr, "INFO", "replication")
 		if err == nil && strings.Contains(info, "master_link_status:up") {
-			return r
+			minfo, err := Command(s.Addr, "INFO", "replication")
+			if err == nil && strings.Contains(minfo, "port="+rport+",state=online") {
+				return r
+			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	s.t.Fatalf("redistest: replica %s did not connect to %s within %v", r.Addr, s.Addr, startTimeout)
+	s.t.Fatalf("redistest: replica %s did not come online on %s within %v", r.Addr, s.Addr, startTimeout)
 	return nil
 }
 
