@@ -116,10 +116,7 @@ func (s *Store) ForceDelete(ctx context.Context, key string, seen *Record) error
 	if err := s.check(ctx, key); err != nil {
 		return wrap(op, key, err)
 	}
-	if s.opts.ReadOnly {
-		return wrap(op, key, ErrReadOnly)
-	}
-	if err := s.enter(); err != nil {
+	if err := s.enterWrite(); err != nil {
 		return wrap(op, key, err)
 	}
 	defer s.mu.RUnlock()
@@ -185,10 +182,7 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 	if err := s.validRecord(rec); err != nil {
 		return wrap(op, key, err)
 	}
-	if s.opts.ReadOnly {
-		return wrap(op, key, ErrReadOnly)
-	}
-	if err := s.enter(); err != nil {
+	if err := s.enterWrite(); err != nil {
 		return wrap(op, key, err)
 	}
 	defer s.mu.RUnlock()

@@ -66,10 +66,7 @@ func (s *Store) gcLoop() {
 // Options.GCInterval; operators call it through `idem gc`.
 func (s *Store) CollectGarbage(ctx context.Context) (GCReport, error) {
 	var rep GCReport
-	if s.opts.ReadOnly {
-		return rep, fmt.Errorf("idem: gc: %w", ErrReadOnly)
-	}
-	if err := s.enter(); err != nil {
+	if err := s.enterWrite(); err != nil {
 		return rep, fmt.Errorf("idem: gc: %w", err)
 	}
 	defer s.mu.RUnlock()

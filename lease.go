@@ -146,10 +146,7 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 	if err := ctx.Err(); err != nil {
 		return wrap(op, l.key, err)
 	}
-	if s.opts.ReadOnly {
-		return wrap(op, l.key, ErrReadOnly)
-	}
-	if err := s.enter(); err != nil {
+	if err := s.enterWrite(); err != nil {
 		return wrap(op, l.key, err)
 	}
 	defer s.mu.RUnlock()

@@ -109,6 +109,15 @@ func (s *Store) enter() error {
 	return nil
 }
 
+// enterWrite is enter for an operation that writes: it fails with
+// ErrReadOnly on a store opened read-only.
+func (s *Store) enterWrite() error {
+	if s.opts.ReadOnly {
+		return ErrReadOnly
+	}
+	return s.enter()
+}
+
 // check validates the key and the context before an operation.
 func (s *Store) check(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
@@ -189,10 +198,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 	if len(fingerprint) > MaxFingerprintSize {
 		return nil, nil, wrap("begin", key, fmt.Errorf("%w: fingerprint is %d bytes, more than %d", ErrTooLarge, len(fingerprint), MaxFingerprintSize))
 	}
-	if s.opts.ReadOnly {
-		return nil, nil, wrap("begin", key, ErrReadOnly)
-	}
-	if err := s.enter(); err != nil {
+	if err := s.enterWrite(); err != nil {
 		return nil, nil, wrap("begin", key, err)
 	}
 	defer s.mu.RUnlock()
@@ -373,10 +379,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := s.check(ctx, key); err != nil {
 		return wrap("delete", key, err)
 	}
-	if s.opts.ReadOnly {
-		return wrap("delete", key, ErrReadOnly)
-	}
-	if err := s.enter(); err != nil {
+	if err := s.enterWrite(); err != nil {
 		return wrap("delete", key, err)
 	}
 	defer s.mu.RUnlock()
