@@ -3,7 +3,6 @@ package idem
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -36,9 +35,10 @@ const endTimeout = 30 * time.Second
 // Do runs fn at most once per key while the key's record lives, and returns
 // the stored response to every retry (replayed == true).
 //
-// While fn runs, its lease is renewed in the background; if the lease is
-// lost anyway (the store was unreachable for longer than the lease), fn's
-// context is canceled with ErrLeaseLost as its cause. When fn returns a
+// While fn runs, its lease is renewed in the background (Lease.KeepAlive),
+// also after ctx ends, until fn returns; if the lease is lost anyway (the
+// store was unreachable for longer than the lease), fn's context is
+// canceled with ErrLeaseLost as its cause. When fn returns a
 // response and a nil error, Do completes the key with it. When fn returns a
 // PermanentError, Do stores a failure that is replayed (with ErrFailed) to
 // retries. Any other error stores a retryable failure: the next Do with the
@@ -63,18 +63,7 @@ func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
 		return rec.Response, true, nil
 	}
 
-	runCtx, cancel := context.WithCancelCause(ctx)
-	renewDone := make(chan struct{})
-	stopRenew := make(chan struct{})
-	go func() {
-		defer close(renewDone)
-		s.renew(runCtx, lease, stopRenew, cancel)
-	}()
-	stop := func() {
-		close(stopRenew)
-		<-renewDone
-		cancel(nil)
-	}
+	runCtx, stop := lease.KeepAlive(ctx)
 
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
 	defer endCancel()
@@ -126,32 +115,4 @@ func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
 		return nil, false, errors.Join(fnErr, err)
 	}
 	return nil, false, fnErr
-}
-
-// renew extends the lease every third of its life until stop is closed. If
-// the lease is lost it cancels the run with ErrLeaseLost.
-func (s *Store) renew(ctx context.Context, l *Lease, stop <-chan struct{}, cancel context.CancelCauseFunc) {
-	every := l.pol.lease / 3
-	if every <= 0 {
-		every = time.Millisecond
-	}
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			err := l.Extend(ctx, l.pol.lease)
-			if errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed) {
-				cancel(fmt.Errorf("idem: do %q: %w", l.key, ErrLeaseLost))
-				return
-			}
-			if err != nil {
-				s.log.Warn("idem: lease renewal failed", "key", l.key, "err", err)
-			}
-		}
-	}
 }

@@ -34,8 +34,9 @@ type Store struct {
 	// without taking mu: a cached record needs nothing that Close frees.
 	isClosed atomic.Bool
 
-	stop chan struct{}  // closed by Close to stop background work
-	wg   sync.WaitGroup // background goroutines
+	stop   chan struct{}  // closed by Close to stop background work
+	wg     sync.WaitGroup // background goroutines
+	keeper keeper         // renews leases under KeepAlive
 }
 
 // New returns a Store running the state machine over b, with the background
@@ -60,6 +61,7 @@ func newStore(b Backend, o Options) *Store {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	s.keeper.init(s.stop, &s.wg, s.log.Warn)
 	if o.CacheSize > 0 {
 		s.cache = newRecordCache(o.CacheSize, o.CacheTTL)
 	}

@@ -184,12 +184,11 @@ func notStored(key, why string) *response {
 
 // run runs the handler under lease and ends the lease by the outcome.
 func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, lease *idem.Lease) {
-	runCtx, cancel := context.WithCancelCause(r.Context())
-	defer cancel(nil)
-	// Renewal outlives the client's connection too: a handler past its side
-	// effect may finish after the client has gone, and a lapsed lease would
-	// let the client's retry run it again.
-	stopRenew := m.renew(context.WithoutCancel(runCtx), lease, cancel)
+	// Renewal outlives the client's connection (Lease.KeepAlive): a
+	// handler past its side effect may finish after the client has gone,
+	// and a lapsed lease would let the client's retry run it again.
+	runCtx, stopRenew := lease.KeepAlive(ctx)
+	defer stopRenew()
 
 	// Ending the lease outlives the client's connection.
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
@@ -249,44 +248,6 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	if err != nil {
 		m.cfg.Logger.Error("idemhttp: ending the key of an unstored response", "key", lease.Key(), "err", err)
-	}
-}
-
-// renew extends lease every third of its life until the returned function
-// is called. A lost lease cancels the handler's context.
-func (m *middleware) renew(ctx context.Context, lease *idem.Lease, cancel context.CancelCauseFunc) (stop func()) {
-	done := make(chan struct{})
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		t := time.NewTicker(max(m.lease/3, time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				err := lease.Extend(ctx, m.lease)
-				if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, idem.ErrClosed) {
-					m.cfg.Logger.Error("idemhttp: lease lost while the handler ran", "key", lease.Key(), "err", err)
-					cancel(err)
-					return
-				}
-				if err != nil && ctx.Err() == nil {
-					m.cfg.Logger.Warn("idemhttp: lease renewal failed", "key", lease.Key(), "err", err)
-				}
-			}
-		}
-	}()
-	return func() {
-		select {
-		case <-done:
-		default:
-			close(done)
-		}
-		<-stopped
 	}
 }
 

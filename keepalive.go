@@ -1,0 +1,201 @@
+package idem
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// KeepAlive renews l while the request runs: every third of the lease's
+// length, it extends the lease by its full length, until stop is called.
+// It returns the context to run the request under: ctx, canceled also when
+// the lease is lost (another caller took the key over, or the store was
+// closed), with an error wrapping ErrLeaseLost as its cause.
+//
+// Renewal outlives ctx: when the caller goes away (a client disconnects,
+// ctx is canceled), the request's own context ends, but the lease is
+// renewed until stop is called. A request past its side effect may still
+// be finishing, and a lapsed lease would let a retry run it a second time.
+// So always call stop, once the request has returned and before ending the
+// lease; stop waits for a renewal in flight and is safe to call more than
+// once.
+//
+// Do, the idemhttp middleware and the idemgrpc interceptor all renew their
+// leases through KeepAlive. Renewals are scheduled by one goroutine per
+// store, not one per lease: a request that ends within a third of its
+// lease costs no goroutine and no timer.
+func (l *Lease) KeepAlive(ctx context.Context) (run context.Context, stop func()) {
+	run, cancel := context.WithCancelCause(ctx)
+	k := &keepAlive{l: l, ctx: context.WithoutCancel(ctx), cancel: cancel, index: -1}
+	l.s.keeper.add(k, time.Now().Add(l.renewEvery()))
+	return run, func() {
+		l.s.keeper.remove(k)
+		cancel(nil)
+	}
+}
+
+// renewEvery is the renewal period of l: a third of its length.
+func (l *Lease) renewEvery() time.Duration {
+	return max(l.pol.lease/3, time.Millisecond)
+}
+
+// keepAlive is one lease being renewed.
+type keepAlive struct {
+	l      *Lease
+	ctx    context.Context // the caller's values, without its cancellation
+	cancel context.CancelCauseFunc
+
+	// Guarded by keeper.mu.
+	due      time.Time // next renewal, by the real clock
+	index    int       // in keeper.h; -1 when not scheduled
+	running  bool      // a renewal is in flight
+	stopped  bool
+}
+
+// keeper schedules the renewals of a store's leases on one goroutine,
+// started with the first lease and stopped by Store.Close.
+type keeper struct {
+	mu      sync.Mutex
+	cond    *sync.Cond // signalled when a renewal ends
+	h       keepHeap
+	wake    chan struct{} // buffered: a new earliest due time
+	started bool
+	stop    <-chan struct{}
+	wg      *sync.WaitGroup
+	log     func(msg string, args ...any)
+}
+
+func (k *keeper) init(stop <-chan struct{}, wg *sync.WaitGroup, warn func(msg string, args ...any)) {
+	k.cond = sync.NewCond(&k.mu)
+	k.wake = make(chan struct{}, 1)
+	k.stop, k.wg, k.log = stop, wg, warn
+}
+
+func (k *keeper) add(ka *keepAlive, due time.Time) {
+	k.mu.Lock()
+	ka.due = due
+	heap.Push(&k.h, ka)
+	first := ka.index == 0
+	if !k.started {
+		k.started = true
+		k.wg.Add(1)
+		go k.loop()
+	}
+	k.mu.Unlock()
+	if first {
+		k.signal()
+	}
+}
+
+func (k *keeper) signal() {
+	select {
+	case k.wake <- struct{}{}:
+	default:
+	}
+}
+
+// remove unschedules ka and waits for its renewal in flight, if any.
+func (k *keeper) remove(ka *keepAlive) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	ka.stopped = true
+	if ka.index >= 0 {
+		heap.Remove(&k.h, ka.index)
+	}
+	for ka.running {
+		k.cond.Wait()
+	}
+}
+
+func (k *keeper) loop() {
+	defer k.wg.Done()
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	for {
+		k.mu.Lock()
+		now := time.Now()
+		for len(k.h) > 0 && !k.h[0].due.After(now) {
+			ka := heap.Pop(&k.h).(*keepAlive)
+			ka.running = true
+			go k.renew(ka)
+		}
+		wait := time.Hour
+		if len(k.h) > 0 {
+			wait = k.h[0].due.Sub(now)
+		}
+		k.mu.Unlock()
+		t.Reset(wait)
+		select {
+		case <-k.stop:
+			k.mu.Lock()
+			// Leases still scheduled are ended by their holders, whose
+			// next step gets ErrClosed; nothing renews them now.
+			for len(k.h) > 0 {
+				heap.Pop(&k.h)
+			}
+			k.mu.Unlock()
+			return
+		case <-k.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// renew extends ka's lease once and schedules the next renewal, or cancels
+// the request when the lease is lost.
+func (k *keeper) renew(ka *keepAlive) {
+	l := ka.l
+	ctx, cancel := context.WithTimeout(ka.ctx, l.pol.lease)
+	err := l.Extend(ctx, l.pol.lease)
+	cancel()
+	lost := errors.Is(err, ErrLeaseLost) || errors.Is(err, ErrClosed)
+	if lost {
+		ka.cancel(fmt.Errorf("idem: renew %q: %w (%v)", l.key, ErrLeaseLost, err))
+	} else if err != nil {
+		k.log("idem: lease renewal failed", "key", l.key, "err", err)
+	}
+	k.mu.Lock()
+	ka.running = false
+	first := false
+	if !lost && !ka.stopped {
+		ka.due = time.Now().Add(l.renewEvery())
+		if err != nil {
+			// Try again sooner: the lease has two thirds of its life left
+			// at most, and one failed renewal must not lose it.
+			ka.due = time.Now().Add(l.renewEvery() / 4)
+		}
+		heap.Push(&k.h, ka)
+		first = ka.index == 0
+	}
+	k.cond.Broadcast()
+	k.mu.Unlock()
+	if first {
+		k.signal()
+	}
+}
+
+// keepHeap orders leases by their next renewal.
+type keepHeap []*keepAlive
+
+func (h keepHeap) Len() int           { return len(h) }
+func (h keepHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h keepHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *keepHeap) Push(x any) {
+	ka := x.(*keepAlive)
+	ka.index = len(*h)
+	*h = append(*h, ka)
+}
+func (h *keepHeap) Pop() any {
+	old := *h
+	ka := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	ka.index = -1
+	return ka
+}
