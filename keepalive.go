@@ -49,10 +49,10 @@ type keepAlive struct {
 	cancel context.CancelCauseFunc
 
 	// Guarded by keeper.mu.
-	due      time.Time // next renewal, by the real clock
-	index    int       // in keeper.h; -1 when not scheduled
-	running  bool      // a renewal is in flight
-	stopped  bool
+	due     time.Time // next renewal, by the real clock
+	index   int       // in keeper.h; -1 when not scheduled
+	running bool      // a renewal is in flight
+	stopped bool
 }
 
 // keeper schedules the renewals of a store's leases on one goroutine,
