@@ -124,42 +124,38 @@ func (s *Store) ForceDelete(ctx context.Context, key string, seen *Record) error
 	if err != nil {
 		return wrap(op, key, err)
 	}
-	for {
+	err = s.update(ctx, s.b, op, key, cur, false, true, func(cur []byte, _ bool, now time.Time) ([]byte, time.Time, error) {
 		if cur == nil {
-			return wrap(op, key, ErrNotFound)
+			return nil, time.Time{}, wrap(op, key, ErrNotFound)
 		}
 		rec, derr := DecodeRecord(key, cur)
 		switch {
 		case seen == nil && derr == nil:
-			return wrap(op, key, fmt.Errorf("%w: the stored record is no longer corrupt (%s, token %d)", ErrLeaseLost, rec.State, rec.Token))
+			return nil, time.Time{}, wrap(op, key, fmt.Errorf("%w: the stored record is no longer corrupt (%s, token %d)", ErrLeaseLost, rec.State, rec.Token))
 		case seen != nil && derr != nil:
-			return wrap(op, key, derr)
-		case seen != nil && rec.Expired(s.now()):
-			return wrap(op, key, ErrNotFound)
+			return nil, time.Time{}, wrap(op, key, derr)
+		case seen != nil && rec.Expired(now):
+			return nil, time.Time{}, wrap(op, key, ErrNotFound)
 		case seen != nil && (rec.State != seen.State || rec.Token != seen.Token || !rec.CreatedAt.Equal(seen.CreatedAt)):
-			return wrap(op, key, fmt.Errorf("%w: the stored record is now %s with token %d, not %s with token %d",
+			return nil, time.Time{}, wrap(op, key, fmt.Errorf("%w: the stored record is now %s with token %d, not %s with token %d",
 				ErrLeaseLost, rec.State, rec.Token, seen.State, seen.Token))
 		}
-		current, swapped, err := s.b.CompareAndSwap(ctx, key, cur, nil, time.Time{}, true)
-		if err != nil {
-			return wrap(op, key, err)
-		}
-		if swapped {
-			if s.cache != nil {
-				s.cache.del(key)
-			}
-			attrs := []any{"key", key, "op", "delete"}
-			if seen == nil {
-				attrs = append(attrs, "state", "corrupt")
-			} else {
-				attrs = append(attrs, "state", seen.State.String(), "token", seen.Token)
-			}
-			s.log.Warn("idem: operator repair", attrs...)
-			return nil
-		}
-		s.stats.conflicts.Add(1)
-		cur = current
+		return nil, time.Time{}, nil
+	})
+	if err != nil {
+		return err
 	}
+	if s.cache != nil {
+		s.cache.del(key)
+	}
+	attrs := []any{"key", key, "op", "delete"}
+	if seen == nil {
+		attrs = append(attrs, "state", "corrupt")
+	} else {
+		attrs = append(attrs, "state", seen.State.String(), "token", seen.Token)
+	}
+	s.log.Warn("idem: operator repair", attrs...)
+	return nil
 }
 
 // Restore writes rec as it is, with its state, token and timestamps, for
@@ -187,41 +183,37 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 	}
 	defer s.mu.RUnlock()
 	data := EncodeRecord(rec)
-	var cur []byte
-	for {
-		now := s.now()
+	replaced := false
+	err := s.update(ctx, s.b, op, key, nil, true, true, func(cur []byte, _ bool, now time.Time) ([]byte, time.Time, error) {
 		if rec.Expired(now) {
-			return wrap(op, key, fmt.Errorf("record expired at %s", rec.ExpiresAt.Format(time.RFC3339)))
+			return nil, time.Time{}, wrap(op, key, fmt.Errorf("record expired at %s", rec.ExpiresAt.Format(time.RFC3339)))
 		}
-		replaced := false
+		replaced = false
 		if cur != nil {
 			if bytes.Equal(cur, data) {
-				return nil // already restored
+				return nil, time.Time{}, errNoWrite // already restored
 			}
 			old, err := DecodeRecord(key, cur)
 			// A corrupt or expired record is replaced: it is not live.
 			if err == nil && !old.Expired(now) {
 				if !overwrite {
-					return wrap(op, key, ErrExists)
+					return nil, time.Time{}, wrap(op, key, ErrExists)
 				}
 				replaced = true
 			}
 		}
-		current, swapped, err := s.b.CompareAndSwap(ctx, key, cur, data, physicalExpiry(rec.ExpiresAt, now, time.Now()), true)
-		if err != nil {
-			return wrap(op, key, err)
-		}
-		if swapped {
-			if s.cache != nil {
-				s.cache.del(key)
-			}
-			if replaced {
-				s.log.Warn("idem: operator repair", "key", key, "op", "restore-overwrite", "state", rec.State.String(), "token", rec.Token)
-			}
-			return nil
-		}
-		cur = current
+		return data, physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
+	})
+	if err != nil {
+		return err
 	}
+	if s.cache != nil {
+		s.cache.del(key)
+	}
+	if replaced {
+		s.log.Warn("idem: operator repair", "key", key, "op", "restore-overwrite", "state", rec.State.String(), "token", rec.Token)
+	}
+	return nil
 }
 
 // validRecord checks a record given from outside the store (Restore).

@@ -56,10 +56,31 @@ func (l *Lease) Until() time.Time {
 // for the record's lifetime. Under SyncAlways it returns after the record
 // is on stable storage.
 func (l *Lease) Complete(ctx context.Context, response []byte) error {
+	return l.complete(ctx, l.s.b, response)
+}
+
+// CompleteVia completes l like Complete, but reads and writes the record
+// through the Swapper that via returns for the store's backend: for a
+// backend that can bind the write to a transaction of the caller's, so that
+// the record commits with the caller's own writes or not at all
+// (pgstore.CompleteTx is built on it). Fencing is the same as Complete's:
+// the write applies only while the record, as sw sees it, still carries
+// the lease's token, and otherwise ErrLeaseLost is returned. If the
+// caller's transaction is rolled back afterwards, nothing was completed and
+// the lease is still the caller's to complete, fail or release.
+func (l *Lease) CompleteVia(ctx context.Context, response []byte, via func(Backend) (Swapper, error)) error {
+	sw, err := via(l.s.b)
+	if err != nil {
+		return wrap("complete", l.key, err)
+	}
+	return l.complete(ctx, sw, response)
+}
+
+func (l *Lease) complete(ctx context.Context, sw Swapper, response []byte) error {
 	if err := l.s.checkResponse(response); err != nil {
 		return wrap("complete", l.key, err)
 	}
-	err := l.s.fenced(ctx, "complete", l, true, func(r *Record, now time.Time) bool {
+	err := l.s.fencedVia(ctx, sw, "complete", l, true, func(r *Record, now time.Time) bool {
 		l.policy(ctx).finish(r, StateCompleted, response, false, now)
 		return false
 	})
@@ -139,7 +160,12 @@ func (s *Store) checkResponse(response []byte) error {
 // fenced runs one fenced transition of l's record: apply changes the
 // record (or returns true to delete it), and the change is written only if
 // the stored record is still l's.
-func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, apply func(r *Record, now time.Time) (del bool)) (err error) {
+func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, apply func(r *Record, now time.Time) (del bool)) error {
+	return s.fencedVia(ctx, s.b, op, l, durable, apply)
+}
+
+// fencedVia is fenced, reading and writing through sw.
+func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, durable bool, apply func(r *Record, now time.Time) (del bool)) (err error) {
 	if s.opts.Observer != nil {
 		defer func(start time.Time) { s.observeStep(op, start, err) }(time.Now())
 	}
@@ -154,57 +180,47 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 	// fails harmlessly, returning what is stored, if anything else wrote
 	// the key since.
 	cur := l.takeData()
-	guessed := cur != nil // cur is the lease's own last write, not yet read back
-	if cur == nil {
-		var err error
-		if cur, err = s.b.Load(ctx, l.key); err != nil {
+	guess := cur != nil
+	if !guess {
+		if cur, err = sw.Load(ctx, l.key); err != nil {
 			return wrap(op, l.key, err)
 		}
 	}
-	for {
-		now := s.now()
+	var next []byte
+	err = s.update(ctx, sw, op, l.key, cur, guess, durable, func(cur []byte, guess bool, now time.Time) ([]byte, time.Time, error) {
+		next = nil
 		if cur == nil {
-			return s.lost(op, l, nil, now)
+			return nil, time.Time{}, s.lost(op, l, nil, now)
 		}
 		rec, err := DecodeRecord(l.key, cur)
 		if err != nil {
-			return wrap(op, l.key, err)
+			return nil, time.Time{}, wrap(op, l.key, err)
 		}
 		if rec.State != StateInProgress || rec.Token != l.token || !rec.CreatedAt.Equal(l.created) || rec.Expired(now) {
-			if guessed {
+			if guess {
 				// The lease's own write has expired, but the stored
 				// record may be another write of it with a longer life
 				// (Restore puts back token and CreatedAt): decide on
 				// what is stored.
-				guessed = false
-				if cur, err = s.b.Load(ctx, l.key); err != nil {
-					return wrap(op, l.key, err)
-				}
-				continue
+				return nil, time.Time{}, errReread
 			}
-			return s.lost(op, l, rec, now)
+			return nil, time.Time{}, s.lost(op, l, rec, now)
 		}
-		var next []byte
-		expire := time.Time{}
-		if !apply(rec, now) {
+		if apply(rec, now) {
+			return nil, time.Time{}, nil
+		}
+		if rec.State == StateInProgress {
 			next = EncodeRecord(rec)
-			expire = physicalExpiry(rec.ExpiresAt, now, time.Now())
+			return next, physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 		}
-		current, swapped, err := s.b.CompareAndSwap(ctx, l.key, cur, next, expire, durable)
-		if err != nil {
-			return wrap(op, l.key, err)
-		}
-		if swapped {
-			if next != nil && rec.State == StateInProgress {
-				l.mu.Lock()
-				l.data = next
-				l.mu.Unlock()
-			}
-			return nil
-		}
-		s.stats.conflicts.Add(1)
-		cur, guessed = current, false
+		return EncodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
+	})
+	if err == nil && next != nil {
+		l.mu.Lock()
+		l.data = next
+		l.mu.Unlock()
 	}
+	return err
 }
 
 func (s *Store) lost(op string, l *Lease, rec *Record, now time.Time) error {

@@ -221,47 +221,48 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 
 	// The first attempt assumes the key is new: one transaction claims it,
 	// or returns what is stored.
-	var cur []byte
-	for {
-		now := s.now()
+	var (
+		lease    *Lease // set when the write that grants it is tried
+		answer   *Record
+		takeover bool
+	)
+	err := s.update(ctx, s.b, "begin", key, nil, true, false, func(cur []byte, _ bool, now time.Time) ([]byte, time.Time, error) {
+		lease = nil
 		var old *Record
 		if cur != nil {
 			var err error
 			if old, err = DecodeRecord(key, cur); err != nil {
-				return nil, nil, wrap("begin", key, err)
+				return nil, time.Time{}, wrap("begin", key, err)
 			}
 		}
-		next, takeover, err := s.decideBegin(key, old, fingerprint, pol, now)
+		next, over, err := s.decideBegin(key, old, fingerprint, pol, now)
 		if next == nil {
 			if err == nil && s.cache != nil {
 				s.cache.put(old, now, epoch) // a replay: the record is finished
 			}
-			return nil, old, err
+			answer = old
+			if err == nil {
+				err = errNoWrite
+			}
+			return nil, time.Time{}, err
 		}
-		if takeover {
+		if takeover = over; takeover {
 			s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
 				"lapsed", now.Sub(old.LeaseUntil).String())
 		}
 		data := EncodeRecord(next)
-		current, swapped, err := s.b.CompareAndSwap(ctx, key, cur, data, physicalExpiry(next.ExpiresAt, now, time.Now()), false)
-		if err != nil {
-			return nil, nil, wrap("begin", key, err)
-		}
-		if swapped {
-			s.stats.leases.Add(1)
-			if takeover {
-				s.stats.takeovers.Add(1)
-			}
-			l := &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
-			return l, next, nil
-		}
-		if cur != nil {
-			// Not the optimistic first attempt: someone else changed the
-			// record between our read and our write.
-			s.stats.conflicts.Add(1)
-		}
-		cur = current
+		lease = &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
+		answer = next
+		return data, physicalExpiry(next.ExpiresAt, now, time.Now()), nil
+	})
+	if err != nil || lease == nil {
+		return nil, answer, err
 	}
+	s.stats.leases.Add(1)
+	if takeover {
+		s.stats.takeovers.Add(1)
+	}
+	return lease, answer, nil
 }
 
 // decideBegin applies the state table to the stored record old (nil when
