@@ -6,12 +6,14 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/idemdb/idem/internal/badgerkv"
 )
 
 // pausingBackend is a real Badger backend whose Delete, once armed, waits
 // before deleting, so a test can run other calls in that moment.
 type pausingBackend struct {
-	*BadgerBackend
+	embedded
 	deleting chan struct{} // receives when Delete has been called
 	resume   chan struct{} // closed to let Delete go on
 }
@@ -19,16 +21,16 @@ type pausingBackend struct {
 func (p *pausingBackend) Delete(ctx context.Context, key string) error {
 	p.deleting <- struct{}{}
 	<-p.resume
-	return p.BadgerBackend.Delete(ctx, key)
+	return p.embedded.Delete(ctx, key)
 }
 
 // A Get that reads the backend while a Delete of the same key is under way
 // must not leave the deleted record in the read cache: after Delete returns,
 // Begin runs the request again instead of replaying the deleted outcome.
 func TestDeleteDuringGetLeavesNoCachedRecord(t *testing.T) {
-	bb, err := OpenBadger("", &Options{InMemory: true})
+	kv, err := badgerkv.Open(badgerkv.Config{InMemory: true})
 	require.NoError(t, err)
-	pb := &pausingBackend{BadgerBackend: bb, deleting: make(chan struct{}), resume: make(chan struct{})}
+	pb := &pausingBackend{embedded: embedded{kv}, deleting: make(chan struct{}), resume: make(chan struct{})}
 	s, err := New(pb, &Options{CacheSize: 1 << 20, GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })

@@ -79,6 +79,6 @@
 //
 // # Caveats
 //
-// One process may open a Badger directory read-write at a time; several
+// One process may open a data directory read-write at a time; several
 // service instances share a store through Redis (package redisstore).
 package idem

@@ -52,7 +52,7 @@ var (
 	ErrCorrupt = errors.New("corrupt record")
 
 	// ErrLocked is returned by Open when another process holds the data
-	// directory. Badger allows one process per directory.
+	// directory: one process may open a data directory read-write.
 	ErrLocked = errors.New("data directory is in use by another process")
 
 	// ErrReadOnly is returned by writes to a store opened with

@@ -71,25 +71,11 @@ func (s *Store) CollectGarbage(ctx context.Context) (GCReport, error) {
 	}
 	defer s.mu.RUnlock()
 	start := time.Now()
-	now := s.now()
-	err := s.b.Scan(ctx, "", func(key string, value []byte) error {
-		rec, err := DecodeRecord(key, value)
-		switch {
-		case err != nil:
-			rep.Corrupt++
-		case rec.Expired(now):
-			rep.Expired++
-		default:
-			rep.Records++
-			if rec.LeaseLapsed(now) {
-				rep.StaleLeases++
-			}
-		}
-		return nil
-	})
+	c, err := s.census(ctx, "", 0)
 	if err != nil {
 		return rep, fmt.Errorf("idem: gc: sweep: %w", err)
 	}
+	rep.Records, rep.Expired, rep.StaleLeases, rep.Corrupt = c.Live(), c.Expired, c.StaleLeases, c.Corrupt
 	s.stats.sweeps.Add(1)
 	s.stats.sweptExpired.Add(uint64(rep.Expired))
 	s.stats.staleLeases.Store(int64(rep.StaleLeases))

@@ -78,12 +78,13 @@ type Options struct {
 	// still be called).
 	GCInterval time.Duration
 
-	// InMemory keeps the Badger store in memory only (Open with dir "").
-	// Nothing survives Close. Zero means on disk.
+	// InMemory keeps the embedded store in memory only (Open with dir
+	// ""). Nothing survives Close. Zero means on disk. Embedded store only:
+	// New refuses it.
 	InMemory bool
-	// ReadOnly opens the Badger store read-only, sharing the directory with
-	// other read-only processes; writes return ErrReadOnly. Zero means
-	// read-write.
+	// ReadOnly makes every write return ErrReadOnly; Open then opens the
+	// data directory read-only, sharing it with other read-only
+	// processes. Zero means read-write.
 	ReadOnly bool
 
 	// Now is the store's clock: every expiry and lease decision is made by
@@ -102,9 +103,11 @@ type Options struct {
 	MaxResponseSize int
 
 	// Sync says when completed and failed records reach stable storage.
-	// Zero means SyncAlways.
+	// Zero means SyncAlways. Embedded store only: New refuses it, since
+	// other backends have durability settings of their own.
 	Sync Sync
 	// SyncInterval is the fsync period under SyncPeriodic. Zero means 1s.
+	// Embedded store only.
 	SyncInterval time.Duration
 
 	// CacheSize is the size in bytes of a read cache of completed and

@@ -3,6 +3,7 @@ package idem
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
@@ -42,7 +43,28 @@ type Store struct {
 // New returns a Store running the state machine over b, with the background
 // loop started. The Store owns b: Close closes it. Passing nil options uses
 // the defaults.
+//
+// The options that only the embedded store reads (InMemory, Sync,
+// SyncInterval) are refused: another backend has durability settings of
+// its own.
 func New(b Backend, opts *Options) (*Store, error) {
+	if b == nil {
+		return nil, errors.New("idem: New: nil backend")
+	}
+	if opts != nil {
+		for _, f := range []struct {
+			name string
+			set  bool
+		}{
+			{"InMemory", opts.InMemory},
+			{"Sync", opts.Sync != SyncAlways},
+			{"SyncInterval", opts.SyncInterval != 0},
+		} {
+			if f.set {
+				return nil, fmt.Errorf("idem: New: Options.%s applies to the embedded store (Open) only; this backend has durability settings of its own", f.name)
+			}
+		}
+	}
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
@@ -72,8 +94,15 @@ func newStore(b Backend, o Options) *Store {
 	return s
 }
 
-// Backend returns the backend under s.
-func (s *Store) Backend() Backend { return s.b }
+// DiskUsage returns the bytes of disk the store's files occupy: 0 for an
+// embedded store in memory, and -1 when the backend keeps no files on this
+// machine (Redis, Postgres).
+func (s *Store) DiskUsage() int64 {
+	if du, ok := s.b.(DiskUser); ok {
+		return du.DiskUsage()
+	}
+	return -1
+}
 
 // Options returns the options s runs with, defaults filled in.
 func (s *Store) Options() Options { return s.opts }
@@ -222,12 +251,13 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 	// The first attempt assumes the key is new: one transaction claims it,
 	// or returns what is stored.
 	var (
-		lease    *Lease // set when the write that grants it is tried
-		answer   *Record
+		lease    *Lease  // set when the write that grants it is tried
+		leased   *Record // the record that write stores
+		answer   *Record // the stored record, when the answer is not a lease
 		takeover bool
 	)
 	err := s.update(ctx, s.b, "begin", key, nil, true, false, func(cur []byte, _ bool, now time.Time) ([]byte, time.Time, error) {
-		lease = nil
+		lease, leased, answer = nil, nil, nil
 		var old *Record
 		if cur != nil {
 			var err error
@@ -252,12 +282,13 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 		}
 		data := EncodeRecord(next)
 		lease = &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
-		answer = next
+		leased = next
 		return data, physicalExpiry(next.ExpiresAt, now, time.Now()), nil
 	})
 	if err != nil || lease == nil {
 		return nil, answer, err
 	}
+	answer = leased
 	s.stats.leases.Add(1)
 	if takeover {
 		s.stats.takeovers.Add(1)

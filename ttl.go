@@ -2,6 +2,7 @@ package idem
 
 import (
 	"context"
+	"math"
 	"time"
 )
 
@@ -88,16 +89,13 @@ func (p policy) finish(r *Record, st State, response []byte, retryable bool, now
 
 // physicalExpiry returns when a backend may drop a record whose logical life
 // ends at expires, as judged by the store's clock at now. Backends expire
-// entries by the real clock, and Badger in whole seconds rounded down, so the
-// remaining life is carried over to the real clock and rounded up to the next
-// whole second, plus one: never shorter than the logical life.
+// entries by the real clock, so the remaining life is carried over to the
+// real clock, plus a second for the backends' own rounding (Redis counts
+// milliseconds; the embedded engine rounds up to whole seconds itself):
+// never shorter than the logical life.
 func physicalExpiry(expires, now, realNow time.Time) time.Time {
-	remaining := expires.Sub(now)
-	if remaining < 0 {
-		remaining = 0
-	}
-	t := realNow.Add(remaining)
-	return time.Unix(t.Unix()+2, 0)
+	remaining := min(max(expires.Sub(now), 0), math.MaxInt64-time.Second)
+	return realNow.Add(remaining + time.Second)
 }
 
 func latest(a, b time.Time) time.Time {

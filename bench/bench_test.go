@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 // testFx holds the fixtures of the test binary, shared by every benchmark
@@ -176,7 +177,7 @@ func BenchmarkGet(b *testing.B) {
 func BenchmarkGetCached(b *testing.B) {
 	n := size(1_000_000)
 	fx := benchFixture(b, n)
-	s, err := idem.New(shared{fx.store.Backend()}, &idem.Options{CacheSize: cacheSize, GCInterval: -1})
+	s, err := idem.New(shared{storeinternal.Backend(fx.store).(idem.Backend)}, &idem.Options{CacheSize: cacheSize, GCInterval: -1})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -18,6 +18,8 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/internal/badgerkv"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 // recordPrefix is the namespace byte idem's Badger backend puts before
@@ -123,7 +125,7 @@ func (f *fixtures) get(n int) (*fixture, error) {
 	if err != nil {
 		return nil, err
 	}
-	fx := &fixture{n: n, dir: dir, store: s, db: s.Backend().(*idem.BadgerBackend).DB()}
+	fx := &fixture{n: n, dir: dir, store: s, db: engineOf(s)}
 	fx.keys = make([]string, n)
 	for i := range fx.keys {
 		fx.keys[i] = keyOf("req-", uint64(i))
@@ -141,7 +143,7 @@ func (f *fixtures) get(n int) (*fixture, error) {
 	if s, err = idem.Open(dir, &idem.Options{GCInterval: -1}); err != nil {
 		return nil, err
 	}
-	fx.store, fx.db = s, s.Backend().(*idem.BadgerBackend).DB()
+	fx.store, fx.db = s, engineOf(s)
 	settle(fx.db, time.Minute)
 	// A running service has its tables paged in; a reopened store has not,
 	// and on a large data set nearly every read of a short measurement
@@ -357,4 +359,10 @@ func (b *bar) done() {
 		b.set(b.total)
 		fmt.Fprintln(b.w)
 	}
+}
+
+// engineOf returns the Badger database under an embedded store, for the
+// raw baselines measured beside it.
+func engineOf(s *idem.Store) *badger.DB {
+	return storeinternal.Engine(s).(*badgerkv.DB).Badger()
 }

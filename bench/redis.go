@@ -13,6 +13,7 @@ import (
 
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/internal/redistest"
+	"github.com/idemdb/idem/internal/storeinternal"
 	"github.com/idemdb/idem/redisstore"
 )
 
@@ -52,7 +53,7 @@ func openRedisSide(addr string) (*redisSide, error) {
 	if err != nil {
 		return nil, errors.Join(err, rdb.Close())
 	}
-	r := &redisSide{rdb: rdb, store: s, prefix: s.Backend().(*redisstore.Backend).Prefix()}
+	r := &redisSide{rdb: rdb, store: s, prefix: storeinternal.Backend(s).(*redisstore.Backend).Prefix()}
 	if info, err := redistest.Command(addr, "INFO", "server"); err == nil {
 		for _, line := range strings.Split(info, "\n") {
 			if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {

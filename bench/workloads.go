@@ -18,6 +18,8 @@ import (
 	"github.com/dgraph-io/badger/v4"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/internal/badgerkv"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 // env is what workloads share within one run.
@@ -235,7 +237,7 @@ func getCacheRows(ctx context.Context, e *env) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := idem.New(shared{fx.store.Backend()}, &idem.Options{CacheSize: cacheSize, GCInterval: -1})
+	s, err := idem.New(shared{storeinternal.Backend(fx.store).(idem.Backend)}, &idem.Options{CacheSize: cacheSize, GCInterval: -1})
 	if err != nil {
 		return nil, err
 	}
@@ -579,7 +581,7 @@ func reclaimRows(ctx context.Context, e *env) ([]row, error) {
 	for i := range keys {
 		keys[i] = keyOf("ttl-", uint64(i))
 	}
-	db := s.Backend().(*idem.BadgerBackend).DB()
+	db := engineOf(s)
 	if err := load(db, keys, reclaimTTL, newBar(e.progress, fmt.Sprintf("loading %s records to expire", count(n)), n)); err != nil {
 		return nil, err
 	}
@@ -587,7 +589,7 @@ func reclaimRows(ctx context.Context, e *env) ([]row, error) {
 	if err := db.Sync(); err != nil {
 		return nil, err
 	}
-	peak := idem.DirUsage(dir)
+	peak := badgerkv.DirUsage(dir)
 	time.Sleep(reclaimTTL + 3*time.Second) // past the physical expiry, rounded up
 	start := time.Now()
 	after, runs := peak, 0
@@ -597,7 +599,7 @@ func reclaimRows(ctx context.Context, e *env) ([]row, error) {
 			return nil, err
 		}
 		runs++
-		after = idem.DirUsage(dir)
+		after = badgerkv.DirUsage(dir)
 		if rep.Records != 0 {
 			return nil, fmt.Errorf("reclaim: %d records still live after their TTL", rep.Records)
 		}
@@ -681,7 +683,7 @@ func runMemoryChild(w io.Writer) error {
 	defer s.Close()
 	ctx := context.Background()
 	start := time.Now()
-	b := s.Backend()
+	b := storeinternal.Backend(s).(idem.Backend)
 	const g = 16
 	var next atomic.Int64
 	err = parallel(g, func(int) error {
@@ -724,7 +726,7 @@ func runMemoryChild(w io.Writer) error {
 			return err
 		}
 	}
-	st.Records, st.LoadS, st.DiskKB = n, load.Seconds(), idem.DirUsage(dir)/1024
+	st.Records, st.LoadS, st.DiskKB = n, load.Seconds(), badgerkv.DirUsage(dir)/1024
 	return json.NewEncoder(w).Encode(st)
 }
 

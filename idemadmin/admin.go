@@ -48,10 +48,11 @@ type Options struct {
 	// Repairs enables the repair endpoints (release, fail, delete).
 	Repairs bool
 	// Logger receives a line per refused or failed request. Nil means
-	// slog.Default(). Repairs themselves are logged by the store.
+	// silent, as everywhere in idem. Repairs themselves are logged by the
+	// store.
 	Logger *slog.Logger
 	// Now is the clock that decides which leases are stale and how old a
-	// record is. Nil means time.Now.
+	// record is. Nil means the store's clock (idem.Options.Now).
 	Now func() time.Time
 }
 
@@ -89,10 +90,10 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 		a.opts = *opts
 	}
 	if a.opts.Logger == nil {
-		a.opts.Logger = slog.Default()
+		a.opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if a.opts.Now == nil {
-		a.opts.Now = time.Now
+		a.opts.Now = s.Options().Now
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/records/{key...}", a.get)
@@ -172,7 +173,7 @@ func (a *admin) list(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *admin) stats(w http.ResponseWriter, r *http.Request) {
-	st, err := TakeStats(r.Context(), a.s, r.URL.Query().Get("prefix"), a.opts.Now())
+	st, err := TakeStats(r.Context(), a.s, r.URL.Query().Get("prefix"))
 	if err != nil {
 		a.fail(w, r, err)
 		return

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/idemdb/idem"
-	"github.com/idemdb/idem/idemprom"
 )
 
 // Record is a record as operators' tools exchange it: the admin endpoint's
@@ -190,11 +189,11 @@ type Stats struct {
 	Counters *idem.Stats `json:"counters,omitempty"`
 }
 
-// TakeStats scans the records of s whose keys begin with prefix, at now,
-// and returns their census, with the disk use when the backend reports
-// it. It reads every record (see idemprom.TakeCensus for the cost).
-func TakeStats(ctx context.Context, s *idem.Store, prefix string, now time.Time) (Stats, error) {
-	c, err := idemprom.TakeCensus(ctx, s, prefix, now, 0)
+// TakeStats takes the census of the records of s whose keys begin with
+// prefix (Store.Census) and returns it with the disk use when the backend
+// reports it.
+func TakeStats(ctx context.Context, s *idem.Store, prefix string) (Stats, error) {
+	c, err := s.Census(ctx, prefix, 0)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -210,8 +209,8 @@ func TakeStats(ctx context.Context, s *idem.Store, prefix string, now time.Time)
 		st.OldestInProgressSeconds = c.OldestInProgress.Seconds()
 		st.OldestInProgressKey = c.OldestKey
 	}
-	if du, ok := s.Backend().(idem.DiskUser); ok {
-		st.DiskBytes = du.DiskUsage()
+	if du := s.DiskUsage(); du >= 0 {
+		st.DiskBytes = du
 	}
 	return st, nil
 }

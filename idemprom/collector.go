@@ -29,9 +29,6 @@ type Options struct {
 	ScanInterval time.Duration
 	// ScanTimeout bounds one census. Zero means 10s.
 	ScanTimeout time.Duration
-	// Now is the clock ages and leases are judged by. Nil means the
-	// store's Options.Now.
-	Now func() time.Time
 }
 
 // DefaultScanLimit is the default for Options.ScanLimit.
@@ -53,7 +50,7 @@ type Collector struct {
 	opts Options
 
 	mu       sync.Mutex // protects census, at and errors; held during a census so scrapes share it
-	census   Census
+	census   idem.Census
 	at       time.Time // when census was taken, by the real clock; zero before the first
 	failures uint64
 }
@@ -73,9 +70,6 @@ func NewCollector(s *idem.Store, opts *Options) *Collector {
 	}
 	if o.ScanTimeout <= 0 {
 		o.ScanTimeout = 10 * time.Second
-	}
-	if o.Now == nil {
-		o.Now = s.Options().Now
 	}
 	return &Collector{s: s, opts: o}
 }
@@ -142,8 +136,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	if !st.LastGC.IsZero() {
 		gauge(descLastGC, float64(st.LastGC.UnixNano())/1e9)
 	}
-	if du, ok := c.s.Backend().(idem.DiskUser); ok {
-		gauge(descDisk, float64(du.DiskUsage()))
+	if du := c.s.DiskUsage(); du >= 0 {
+		gauge(descDisk, float64(du))
 	} else if st.DiskBytes > 0 {
 		gauge(descDisk, float64(st.DiskBytes))
 	}
@@ -172,16 +166,16 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 
 // currentCensus returns the last census, taking a new one when it is older
 // than ScanInterval. ok is false when there is none to report.
-func (c *Collector) currentCensus() (cen Census, ok bool, failures uint64) {
+func (c *Collector) currentCensus() (cen idem.Census, ok bool, failures uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.at.IsZero() || time.Since(c.at) >= c.opts.ScanInterval {
 		ctx, cancel := context.WithTimeout(context.Background(), c.opts.ScanTimeout)
 		defer cancel()
-		cen, err := TakeCensus(ctx, c.s, "", c.opts.Now(), c.opts.ScanLimit)
+		cen, err := c.s.Census(ctx, "", c.opts.ScanLimit)
 		if err != nil {
 			c.failures++
-			return Census{}, false, c.failures
+			return idem.Census{}, false, c.failures
 		}
 		c.census, c.at = cen, time.Now()
 	}

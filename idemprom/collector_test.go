@@ -16,6 +16,7 @@ import (
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemprom"
 	"github.com/idemdb/idem/idemtest"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 func TestMain(m *testing.M) {
@@ -65,7 +66,7 @@ func knownSequence(t *testing.T, s *idem.Store, clk *idemtest.Clock) {
 	clk.Advance(40 * time.Second) // t1/stuck's lease lapses
 	_, _, err = s.Begin(ctx, "t2/live", fpA)
 	require.NoError(t, err)
-	_, swapped, err := s.Backend().CompareAndSwap(ctx, "t3/bad", nil, []byte{0xc1}, time.Now().Add(time.Hour), false)
+	_, swapped, err := storeinternal.Backend(s).(idem.Backend).CompareAndSwap(ctx, "t3/bad", nil, []byte{0xc1}, time.Now().Add(time.Hour), false)
 	require.NoError(t, err)
 	require.True(t, swapped)
 	clk.Advance(5 * time.Second)

@@ -17,6 +17,7 @@ import (
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemtest"
 	"github.com/idemdb/idem/internal/redistest"
+	"github.com/idemdb/idem/internal/storeinternal"
 	"github.com/idemdb/idem/redisstore"
 )
 
@@ -31,7 +32,7 @@ func TestOpenDefaults(t *testing.T) {
 	n, err := rdb.Exists(ctx, "idem:order-1").Result()
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), n, "the record is the one key idem:order-1")
-	b, ok := s.Backend().(*redisstore.Backend)
+	b, ok := storeinternal.Backend(s).(*redisstore.Backend)
 	require.True(t, ok)
 	assert.Equal(t, redisstore.DefaultPrefix, b.Prefix())
 
@@ -177,7 +178,7 @@ func TestWaitReplicas(t *testing.T) {
 	// all of it.
 	cfg := &redisstore.Config{WaitReplicas: 1, WaitTimeout: time.Second}
 	s := storeOn(t, rdb, cfg, &idem.Options{GCInterval: -1})
-	prefix := s.Backend().(*redisstore.Backend).Prefix()
+	prefix := storeinternal.Backend(s).(*redisstore.Backend).Prefix()
 
 	l, _, err := s.Begin(ctx, "paid", fp)
 	require.NoError(t, err)
@@ -217,7 +218,7 @@ func TestLongestTTL(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := newClient(t, srv.Addr)
 	s := storeOn(t, rdb, nil, &idem.Options{GCInterval: -1, CompletedTTL: math.MaxInt64})
-	prefix := s.Backend().(*redisstore.Backend).Prefix()
+	prefix := storeinternal.Backend(s).(*redisstore.Backend).Prefix()
 	pttl := func(key string) time.Duration {
 		// Raw milliseconds: go-redis's PTTL overflows a Duration here.
 		ms, err := rdb.Do(ctx, "pttl", prefix+key).Int64()

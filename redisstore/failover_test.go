@@ -23,6 +23,7 @@ import (
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemtest"
 	"github.com/idemdb/idem/internal/redistest"
+	"github.com/idemdb/idem/internal/storeinternal"
 	"github.com/idemdb/idem/redisstore"
 )
 
@@ -315,7 +316,7 @@ func TestClusterFailover(t *testing.T) {
 			ClusterStateReloadInterval: time.Second,
 		})
 	})
-	b := f.s.Backend().(*redisstore.Backend)
+	b := storeinternal.Backend(f.s).(*redisstore.Backend)
 	rdb, prefix := b.Client().(*redis.ClusterClient), b.Prefix()
 	masterOf := func(key string) string {
 		m, err := rdb.MasterForKey(ctx, prefix+key)
@@ -395,7 +396,7 @@ func TestClusterSwitchoverWait(t *testing.T) {
 	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { _ = rdb.Close() })
 	s := storeOn(t, rdb, &redisstore.Config{WaitReplicas: 1, WaitTimeout: 2 * time.Second}, &idem.Options{GCInterval: -1})
-	prefix := s.Backend().(*redisstore.Backend).Prefix()
+	prefix := storeinternal.Backend(s).(*redisstore.Backend).Prefix()
 	l, _, err := s.Begin(ctx, "k", fp)
 	require.NoError(t, err)
 	master, err := rdb.MasterForKey(ctx, prefix+"k")

@@ -24,6 +24,7 @@ import (
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/idemprom"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 // bin is the idem command, built once for all tests.
@@ -95,7 +96,7 @@ func prepare(t *testing.T) (dir string, tokens map[string]uint64) {
 	begin(ctx, "t1/stuck")
 	begin(idem.WithLeaseTTL(ctx, 2*time.Hour), "t2/live")
 	require.NoError(t, begin(ctx, "t2/retry").Fail(ctx, nil, true))
-	_, swapped, err := s.Backend().CompareAndSwap(ctx, "t3/bad", nil, []byte{0x9b, 0x02, 0xff}, time.Now().Add(time.Hour), false)
+	_, swapped, err := storeinternal.Backend(s).(idem.Backend).CompareAndSwap(ctx, "t3/bad", nil, []byte{0x9b, 0x02, 0xff}, time.Now().Add(time.Hour), false)
 	require.NoError(t, err)
 	require.True(t, swapped)
 	return dir, tokens

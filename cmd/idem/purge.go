@@ -9,7 +9,6 @@ import (
 	"log/slog"
 
 	"github.com/idemdb/idem"
-	"github.com/idemdb/idem/idemprom"
 )
 
 func init() {
@@ -33,7 +32,7 @@ func init() {
 				}
 				defer s.Close()
 				ctx := context.Background()
-				c, err := idemprom.TakeCensus(ctx, s, *prefix, s.Options().Now(), 0)
+				c, err := s.Census(ctx, *prefix, 0)
 				if err != nil {
 					return err
 				}

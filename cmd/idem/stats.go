@@ -10,7 +10,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemadmin"
 )
 
@@ -41,7 +40,7 @@ func init() {
 						return err
 					}
 					defer s.Close()
-					if st, err = takeStats(context.Background(), s, *prefix, sf.data); err != nil {
+					if st, err = idemadmin.TakeStats(context.Background(), s, *prefix); err != nil {
 						return err
 					}
 				}
@@ -52,17 +51,6 @@ func init() {
 			}
 		},
 	})
-}
-
-// takeStats scans s (keys under prefix) by the real clock. dir, when not
-// "", is the data directory whose disk use is reported (a store opened
-// read-only reports none of its own).
-func takeStats(ctx context.Context, s *idem.Store, prefix, dir string) (idemadmin.Stats, error) {
-	st, err := idemadmin.TakeStats(ctx, s, prefix, time.Now())
-	if err == nil && dir != "" {
-		st.DiskBytes = idem.DirUsage(dir)
-	}
-	return st, err
 }
 
 func printStats(w io.Writer, st *idemadmin.Stats) error {

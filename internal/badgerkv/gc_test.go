@@ -1,4 +1,4 @@
-package idem
+package badgerkv
 
 import (
 	"context"
@@ -24,15 +24,12 @@ func TestDiskReclaimAfterMassExpiry(t *testing.T) {
 		n = 50_000
 	}
 	ctx := context.Background()
-	b, err := OpenBadger(t.TempDir(), nil)
-	require.NoError(t, err)
-	s := newStore(b, mustDefaults(t, &Options{GCInterval: -1}))
-	defer s.Close()
+	b := openTemp(t)
 
 	// Live records that must survive the reclaim.
 	for i := 0; i < 100; i++ {
-		_, _, err := s.Do(ctx, fmt.Sprintf("live-%d", i), nil, func(context.Context) ([]byte, error) { return []byte("kept"), nil })
-		require.NoError(t, err)
+		put(t, b, fmt.Sprintf("live-%d", i), []byte("claimed"), false)
+		put(t, b, fmt.Sprintf("live-%d", i), []byte("kept"), true)
 	}
 	// Mass of records in random key order that expire (physically) in a
 	// couple of seconds.
@@ -41,7 +38,7 @@ func TestDiskReclaimAfterMassExpiry(t *testing.T) {
 	// first records may expire, and be compacted away, before the last are
 	// written.
 	expires := time.Now().Add(2 * time.Second)
-	wb := b.DB().NewWriteBatch()
+	wb := b.Badger().NewWriteBatch()
 	var peak int64
 	for i := 0; i < n; i++ {
 		if i%10_000 == 0 {
@@ -49,9 +46,7 @@ func TestDiskReclaimAfterMassExpiry(t *testing.T) {
 		}
 		// Random bytes, so that a compressing filesystem cannot make
 		// the peak look small.
-		rec := &Record{State: StateCompleted, Fingerprint: randomBytes(32), Response: randomBytes(150),
-			Attempts: 1, Token: 1, CreatedAt: time.Now(), UpdatedAt: time.Now(), ExpiresAt: expires}
-		e := badger.NewEntry(dbKey(fmt.Sprintf("%016x", rand.Uint64())), EncodeRecord(rec))
+		e := badger.NewEntry(dbKey(fmt.Sprintf("%016x", rand.Uint64())), randomBytes(200))
 		e.ExpiresAt = uint64(expires.Unix()) + 1
 		require.NoError(t, wb.SetEntry(e))
 	}
@@ -60,30 +55,30 @@ func TestDiskReclaimAfterMassExpiry(t *testing.T) {
 	t.Logf("peak disk use: %.1f MB for %d records, loaded with %v to spare", float64(peak)/1e6, n, time.Until(expires))
 
 	time.Sleep(time.Until(expires.Add(2 * time.Second)))
-	var rep GCReport
+	var live int
+	var after int64
 	runs := 0
 	for runs < 10 {
-		rep, err = s.CollectGarbage(ctx)
-		require.NoError(t, err)
+		start := time.Now()
+		live, after = collect(t, b)
 		runs++
-		if rep.DiskAfter <= peak/5 {
+		t.Logf("collection %d: %.1f MB, took %v", runs, float64(after)/1e6, time.Since(start))
+		if after <= peak/5 {
 			break
 		}
 	}
-	t.Logf("after %d collections: %.1f MB (%.1f%% of peak), last run took %v", runs, float64(rep.DiskAfter)/1e6,
-		100*float64(rep.DiskAfter)/float64(peak), rep.Took)
-	assert.LessOrEqual(t, rep.DiskAfter, peak/5, "disk use after mass expiry")
-	assert.Equal(t, 100, rep.Records)
+	t.Logf("after %d collections: %.1f MB (%.1f%% of peak)", runs, float64(after)/1e6, 100*float64(after)/float64(peak))
+	assert.LessOrEqual(t, after, peak/5, "disk use after mass expiry")
+	assert.Equal(t, 100, live)
 	for i := 0; i < 100; i++ {
-		rec, err := s.Get(ctx, fmt.Sprintf("live-%d", i))
+		v, err := b.Load(ctx, fmt.Sprintf("live-%d", i))
 		require.NoError(t, err)
-		assert.Equal(t, "kept", string(rec.Response))
+		assert.Equal(t, "kept", string(v))
 	}
 	// Another round with nothing to reclaim leaves the live records alone
 	// and does not rewrite the tree.
-	rep, err = s.CollectGarbage(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, 100, rep.Records)
+	live, _ = collect(t, b)
+	assert.Equal(t, 100, live)
 }
 
 // Reclaim is decided from Badger's key count, not from bytes on disk, and
@@ -92,21 +87,18 @@ func TestDiskReclaimAfterMassExpiry(t *testing.T) {
 // several versions each (a claim, then a completion) do not set it off.
 func TestReclaimDecision(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenBadger(t.TempDir(), nil)
-	require.NoError(t, err)
-	s := newStore(b, mustDefaults(t, &Options{GCInterval: -1}))
-	defer s.Close()
+	b := openTemp(t)
 	const live = 2000
 	for i := 0; i < live; i++ {
-		_, _, err := s.Do(ctx, fmt.Sprint("live-", i), nil, func(context.Context) ([]byte, error) { return []byte("kept"), nil })
-		require.NoError(t, err)
+		put(t, b, fmt.Sprint("live-", i), []byte("claimed"), false)
+		put(t, b, fmt.Sprint("live-", i), []byte("kept"), true)
 	}
-	require.Empty(t, b.DB().Tables(), "the records should still be in the memtables")
+	require.Empty(t, b.Badger().Tables(), "the records should still be in the memtables")
 	assert.False(t, b.shouldReclaim(live), "two versions of every live record are not garbage")
 
 	// A burst of entries that have already expired (and tombstones), all
 	// in the memtables.
-	wb := b.DB().NewWriteBatch()
+	wb := b.Badger().NewWriteBatch()
 	past := uint64(time.Now().Add(-time.Minute).Unix())
 	for i := 0; i < 3*live; i++ {
 		e := badger.NewEntry(dbKey(fmt.Sprint("gone-", i)), []byte("x"))
@@ -117,17 +109,16 @@ func TestReclaimDecision(t *testing.T) {
 		require.NoError(t, wb.Delete(dbKey(fmt.Sprint("live-", i))))
 	}
 	require.NoError(t, wb.Flush())
-	require.Empty(t, b.DB().Tables(), "the burst should still be in the memtables")
+	require.Empty(t, b.Badger().Tables(), "the burst should still be in the memtables")
 	assert.Equal(t, uint64(4*live), b.countKeys(1<<30), "live, expired and deleted keys alike")
 
-	rep, err := s.CollectGarbage(ctx)
-	require.NoError(t, err)
-	assert.Equal(t, live-5, rep.Records)
+	n, _ := collect(t, b)
+	assert.Equal(t, live-5, n)
 	assert.Equal(t, uint64(live-5), b.countKeys(1<<30), "expired entries and tombstones should be gone")
-	assert.False(t, b.shouldReclaim(rep.Records))
-	rec, err := s.Get(ctx, "live-10")
+	assert.False(t, b.shouldReclaim(n))
+	v, err := b.Load(ctx, "live-10")
 	require.NoError(t, err)
-	assert.Equal(t, "kept", string(rec.Response))
+	assert.Equal(t, "kept", string(v))
 }
 
 func randomBytes(n int) []byte {
@@ -142,18 +133,21 @@ func randomBytes(n int) []byte {
 // rather than fail.
 func TestWritesDuringReclaim(t *testing.T) {
 	ctx := context.Background()
-	b, err := OpenBadger(t.TempDir(), nil)
-	require.NoError(t, err)
-	s := newStore(b, mustDefaults(t, &Options{GCInterval: -1}))
-	defer s.Close()
+	b := openTemp(t)
 	done := make(chan struct{})
 	errs := make(chan error, 1)
 	go func() {
 		defer close(done)
 		for i := 0; i < 300; i++ {
-			if _, _, err := s.Do(ctx, fmt.Sprint("k", i), nil, func(context.Context) ([]byte, error) { return []byte("x"), nil }); err != nil {
-				errs <- err
-				return
+			for _, durable := range []bool{false, true} {
+				cur, err := b.Load(ctx, fmt.Sprint("k", i))
+				if err == nil {
+					_, _, err = b.CompareAndSwap(ctx, fmt.Sprint("k", i), cur, []byte{byte(i)}, time.Now().Add(time.Hour), durable)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
 			}
 		}
 	}()
@@ -168,9 +162,41 @@ func TestWritesDuringReclaim(t *testing.T) {
 	}
 }
 
-func mustDefaults(t *testing.T, o *Options) Options {
+// openTemp opens a DB in a fresh directory, closed at the end of the test.
+func openTemp(t *testing.T) *DB {
 	t.Helper()
-	d, err := o.withDefaults()
+	b, err := Open(Config{Dir: t.TempDir()})
 	require.NoError(t, err)
-	return d
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	return b
+}
+
+// put writes value under key, as a claim and its completion do: a durable
+// write when durable is set.
+func put(t *testing.T, b *DB, key string, value []byte, durable bool) {
+	t.Helper()
+	ctx := context.Background()
+	cur, err := b.Load(ctx, key)
+	require.NoError(t, err)
+	_, ok, err := b.CompareAndSwap(ctx, key, cur, value, time.Now().Add(time.Hour), durable)
+	require.NoError(t, err)
+	require.True(t, ok)
+}
+
+// present counts the keys Badger still returns (live ones), as the
+// store's sweep would.
+func present(t *testing.T, b *DB) int {
+	t.Helper()
+	n := 0
+	require.NoError(t, b.Scan(context.Background(), "", func(string, []byte) error { n++; return nil }))
+	return n
+}
+
+// collect runs one collection with the count of keys present.
+func collect(t *testing.T, b *DB) (live int, after int64) {
+	t.Helper()
+	live = present(t, b)
+	_, after, err := b.CollectGarbage(context.Background(), live)
+	require.NoError(t, err)
+	return live, after
 }

@@ -1,4 +1,4 @@
-package idem
+package badgerkv
 
 import (
 	"bytes"
@@ -55,7 +55,7 @@ type commitQueue struct {
 }
 
 // durableCAS is CompareAndSwap for a durable write under SyncAlways.
-func (b *BadgerBackend) durableCAS(ctx context.Context, key string, old, new []byte, expireAt time.Time) ([]byte, bool, error) {
+func (b *DB) durableCAS(ctx context.Context, key string, old, new []byte, expireAt time.Time) ([]byte, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, false, err
 	}
@@ -78,7 +78,7 @@ func (b *BadgerBackend) durableCAS(ctx context.Context, key string, old, new []b
 // commitBatches commits the pending writes one batch at a time. The
 // goroutine that started it returns after its own batch; the batches that
 // gathered meanwhile go on in a new goroutine.
-func (b *BadgerBackend) commitBatches() {
+func (b *DB) commitBatches() {
 	q := &b.commits
 	q.mu.Lock()
 	n, size := 0, 0
@@ -109,7 +109,7 @@ func (b *BadgerBackend) commitBatches() {
 
 // commitBatch decides, commits and syncs batch, setting each write's
 // result.
-func (b *BadgerBackend) commitBatch(batch []*durableWrite) {
+func (b *DB) commitBatch(batch []*durableWrite) {
 	// The writers wait for the batch whatever their contexts say, so the
 	// wait for writes that Badger blocks for a moment (reclaim) is bounded
 	// here.
@@ -187,7 +187,7 @@ func (w *durableWrite) apply(txn *badger.Txn) error {
 		return txn.Delete(w.key)
 	}
 	e := badger.NewEntry(w.key, w.new)
-	e.ExpiresAt = uint64(w.expireAt.Unix())
+	e.ExpiresAt = expirySeconds(w.expireAt)
 	return txn.SetEntry(e)
 }
 
@@ -201,7 +201,7 @@ func (w *durableWrite) apply(txn *badger.Txn) error {
 // now; every one of them but the newest is fsynced by path (fsync covers
 // the writes Badger made through its memory mapping). A file already gone
 // was flushed to a table, which Badger syncs before deleting the log.
-func (b *BadgerBackend) syncRotated(first int) error {
+func (b *DB) syncRotated(first int) error {
 	if b.dir == "" {
 		return nil
 	}
@@ -220,7 +220,7 @@ func (b *BadgerBackend) syncRotated(first int) error {
 // them in order, so while the last one seen still exists and the next
 // does not, it is the newest. Once the last one seen is gone (flushed
 // after rotations no batch saw), the directory is listed again.
-func (b *BadgerBackend) newestMemFid() int {
+func (b *DB) newestMemFid() int {
 	if b.dir == "" {
 		return 0
 	}

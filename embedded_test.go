@@ -19,6 +19,7 @@ import (
 
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemtest"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 func TestLockedDirectory(t *testing.T) {
@@ -121,14 +122,11 @@ func TestLargestResponse(t *testing.T) {
 // and the store goes on serving every other key.
 func TestCorruptRecord(t *testing.T) {
 	ctx := context.Background()
-	b, err := idem.OpenBadger(t.TempDir(), nil)
-	require.NoError(t, err)
+	s := openBadger(t, &idem.Options{GCInterval: -1})
+	b := storeinternal.Backend(s).(idem.Backend)
 	_, swapped, err := b.CompareAndSwap(ctx, "bad", nil, []byte("\x9bgarbage"), time.Now().Add(time.Hour), false)
 	require.NoError(t, err)
 	require.True(t, swapped)
-	s, err := idem.New(b, &idem.Options{GCInterval: -1})
-	require.NoError(t, err)
-	defer s.Close()
 	_, _, err = s.Do(ctx, "good", []byte("fp"), func(context.Context) ([]byte, error) { return []byte("fine"), nil })
 	require.NoError(t, err)
 

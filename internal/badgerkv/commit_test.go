@@ -1,4 +1,4 @@
-package idem
+package badgerkv
 
 import (
 	"bytes"
@@ -17,9 +17,9 @@ import (
 
 // openBackend opens a Badger backend in a fresh directory whose sync is
 // wrapped by wrap.
-func openBackend(t *testing.T, wrap func(sync func() error) func() error) *BadgerBackend {
+func openBackend(t *testing.T, wrap func(sync func() error) func() error) *DB {
 	t.Helper()
-	b, err := OpenBadger(t.TempDir(), nil)
+	b, err := Open(Config{Dir: t.TempDir()})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, b.Close()) })
 	b.sync = wrap(b.sync)
@@ -150,21 +150,25 @@ func TestBadgerLoggerLevels(t *testing.T) {
 	badgerLogger{}.Errorf("silent when nil")
 }
 
-func TestPhysicalExpiry(t *testing.T) {
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC) // the store's (injected) clock
-	real := time.Unix(1000, 900_000_000)               // the real clock
+func TestExpirySeconds(t *testing.T) {
 	for _, tc := range []struct {
-		remaining time.Duration
-		want      int64
+		t    time.Time
+		want uint64
 	}{
-		{0, 1002},
-		{-time.Hour, 1002},
-		{time.Second, 1003},
-		{24 * time.Hour, 1000 + 86400 + 2},
+		{time.Time{}, 0},
+		{time.Unix(1000, 0), 1001},
+		{time.Unix(1000, 1), 1002},
+		{time.Unix(1000, 999_999_999), 1002},
+		{time.Unix(-5, 0), 1},
 	} {
-		got := physicalExpiry(now.Add(tc.remaining), now, real)
-		assert.Equal(t, tc.want, got.Unix(), "remaining %v", tc.remaining)
-		assert.False(t, got.Before(real.Add(tc.remaining)), "never before the logical expiry")
+		got := expirySeconds(tc.t)
+		assert.Equal(t, tc.want, got, "%v", tc.t)
+		if !tc.t.IsZero() && tc.t.Unix() > 0 {
+			// Badger drops an entry once the Unix second reaches its
+			// expiry: never before t.
+			assert.Greater(t, int64(got), tc.t.Unix(), "%v", tc.t)
+			assert.True(t, time.Unix(int64(got), 0).After(tc.t))
+		}
 	}
 }
 
@@ -205,7 +209,7 @@ func TestGroupCommitSplitsTooBigBatch(t *testing.T) {
 func TestGroupCommitSyncsRotatedMemtable(t *testing.T) {
 	ctx := context.Background()
 	var rotate atomic.Bool
-	var b *BadgerBackend
+	var b *DB
 	b = openBackend(t, func(sync func() error) func() error {
 		return func() error {
 			if rotate.Load() {

@@ -1,4 +1,4 @@
-package idem
+package badgerkv
 
 import (
 	"bytes"
@@ -47,7 +47,7 @@ var (
 // nothing to rewrite, then, when Badger holds more than twice as many
 // entries as there are records present, the reclaim procedure described
 // above. present is the number of records the store's sweep saw.
-func (b *BadgerBackend) CollectGarbage(ctx context.Context, present int) (before, after int64, err error) {
+func (b *DB) CollectGarbage(ctx context.Context, present int) (before, after int64, err error) {
 	before = b.DiskUsage()
 	defer func() { after = b.DiskUsage() }()
 	for ctx.Err() == nil {
@@ -83,14 +83,14 @@ func (b *BadgerBackend) CollectGarbage(ctx context.Context, present int) (before
 // the limit, so it costs about as much as the sweep that counted the
 // records. The decision never depends on bytes of disk, which compressing
 // filesystems report smaller than the data.
-func (b *BadgerBackend) shouldReclaim(present int) bool {
+func (b *DB) shouldReclaim(present int) bool {
 	limit := 2*uint64(present) + 1000
 	return b.countKeys(limit) > limit
 }
 
 // countKeys counts the distinct keys in the store, expired and deleted
 // ones included, stopping once the count passes limit.
-func (b *BadgerBackend) countKeys(limit uint64) uint64 {
+func (b *DB) countKeys(limit uint64) uint64 {
 	txn := b.db.NewTransaction(false)
 	defer txn.Discard()
 	it := txn.NewIterator(badger.IteratorOptions{AllVersions: true})
@@ -108,7 +108,7 @@ func (b *BadgerBackend) countKeys(limit uint64) uint64 {
 	return n
 }
 
-func (b *BadgerBackend) reclaim() error {
+func (b *DB) reclaim() error {
 	err := b.db.Update(func(txn *badger.Txn) error {
 		if err := txn.Set(gcLowMarker, nil); err != nil {
 			return err

@@ -1,4 +1,4 @@
-package idem
+package badgerkv
 
 import (
 	"bytes"
@@ -16,30 +16,43 @@ import (
 	"github.com/dgraph-io/badger/v4/options"
 )
 
-// Open opens (creating if needed) the Badger store in dir and returns a
-// Store over it. Passing nil options uses the defaults. With
-// Options.InMemory, dir must be "". Only one process may open a directory
-// read-write; a second gets an error wrapping ErrLocked.
-func Open(dir string, opts *Options) (*Store, error) {
-	o, err := opts.withDefaults()
-	if err != nil {
-		return nil, err
-	}
-	b, err := OpenBadger(dir, &o)
-	if err != nil {
-		return nil, err
-	}
-	return newStore(b, o), nil
+// Sync says when writes marked durable reach stable storage.
+type Sync int
+
+const (
+	// SyncAlways group-commits durable writes and returns once fsynced.
+	SyncAlways Sync = iota
+	// SyncPeriodic fsyncs every Config.SyncInterval in the background.
+	SyncPeriodic
+	// SyncNever leaves writing back to the operating system.
+	SyncNever
+)
+
+// Config configures a DB. Every field's zero value is its default.
+type Config struct {
+	Dir      string // the data directory; "" with InMemory
+	InMemory bool   // keep everything in memory; nothing survives Close
+	ReadOnly bool   // open read-only, sharing the directory with other readers
+
+	Sync         Sync          // when durable writes reach stable storage
+	SyncInterval time.Duration // the fsync period under SyncPeriodic; zero means 1s
+
+	Logger *slog.Logger // Badger's warnings and errors; nil means silent
 }
 
-// BadgerBackend is the embedded Backend, on Badger. Keys are stored under a
-// one-byte namespace, so the database may later hold other kinds of entry
-// beside records.
-type BadgerBackend struct {
+// ErrLocked is returned by Open when another process holds the directory.
+var ErrLocked = errors.New("data directory is in use by another process")
+
+// DB is a key-value store on Badger: values are opaque bytes with a
+// physical expiry, and its one write primitive is compare-and-swap. It
+// knows nothing of what the values mean. Keys are stored under a one-byte
+// namespace, so the database may later hold other kinds of entry beside
+// them. A DB is safe for simultaneous use by multiple goroutines.
+type DB struct {
 	db      *badger.DB
 	mode    Sync
 	sync    func() error // db.Sync; a test may count calls
-	commits commitQueue  // durable writes under SyncAlways, see badger_commit.go
+	commits commitQueue  // durable writes under SyncAlways, see commit.go
 	// memFid is the number of the newest memtable file the committer has
 	// seen, and fsyncFile fsyncs one file by path (a test may watch it):
 	// see syncRotated. Only the committing goroutine uses them.
@@ -53,42 +66,41 @@ type BadgerBackend struct {
 	dir  string
 }
 
-// recordPrefix is the namespace of record keys in Badger.
+// recordPrefix is the namespace of the stored keys in Badger.
 const recordPrefix = "r"
 
-// OpenBadger opens the Badger backend in dir with the Badger-related fields
-// of opts (InMemory, ReadOnly, Sync, SyncInterval, Logger). Most callers
-// want Open.
-func OpenBadger(dir string, opts *Options) (*BadgerBackend, error) {
-	o, err := opts.withDefaults()
-	if err != nil {
-		return nil, err
+// Open opens (creating if needed) the Badger database that cfg describes.
+// Only one process may open a directory read-write; a second gets an error
+// wrapping ErrLocked.
+func Open(cfg Config) (*DB, error) {
+	dir := cfg.Dir
+	if cfg.InMemory && dir != "" {
+		return nil, fmt.Errorf("in-memory store needs an empty dir, got %q", dir)
 	}
-	if o.InMemory && dir != "" {
-		return nil, fmt.Errorf("idem: open: Options.InMemory needs an empty dir, got %q", dir)
+	if !cfg.InMemory && dir == "" {
+		return nil, errors.New("no data directory given (use an in-memory store instead)")
 	}
-	if !o.InMemory && dir == "" {
-		return nil, errors.New("idem: open: no data directory given (use Options.InMemory for a store in memory)")
+	if cfg.SyncInterval <= 0 {
+		cfg.SyncInterval = time.Second
 	}
-	bo := badgerOptions(dir, &o)
-	db, err := badger.Open(bo)
+	db, err := badger.Open(badgerOptions(&cfg))
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
-			return nil, fmt.Errorf("idem: open %s: %w (%v)", dir, ErrLocked, err)
+			return nil, fmt.Errorf("open %s: %w (%v)", dir, ErrLocked, err)
 		}
-		return nil, fmt.Errorf("idem: open %s: %w", dir, err)
+		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
-	b := &BadgerBackend{db: db, mode: o.Sync, stop: make(chan struct{}), dir: dir}
+	b := &DB{db: db, mode: cfg.Sync, stop: make(chan struct{}), dir: dir}
 	b.sync, b.fsyncFile = db.Sync, fsyncPath
 	if dir != "" {
 		b.memFid = newestMemFile(dir)
 	}
-	if o.InMemory || o.ReadOnly {
+	if cfg.InMemory || cfg.ReadOnly {
 		b.mode = SyncNever
 	}
 	if b.mode == SyncPeriodic {
 		b.wg.Add(1)
-		go b.syncLoop(o.SyncInterval, o.Logger)
+		go b.syncLoop(cfg.SyncInterval, cfg.Logger)
 	}
 	return b, nil
 }
@@ -108,8 +120,8 @@ func OpenBadger(dir string, opts *Options) (*BadgerBackend, error) {
 // two tables wait, with two compactors (fewer, smaller builders at once).
 // The block cache costs little heap: uncompressed blocks point into the
 // mapped file.
-func badgerOptions(dir string, o *Options) badger.Options {
-	bo := badger.DefaultOptions(dir).
+func badgerOptions(o *Config) badger.Options {
+	bo := badger.DefaultOptions(o.Dir).
 		WithInMemory(o.InMemory).
 		WithReadOnly(o.ReadOnly).
 		WithSyncWrites(false).
@@ -131,7 +143,7 @@ func badgerOptions(dir string, o *Options) badger.Options {
 	return bo
 }
 
-func (b *BadgerBackend) syncLoop(every time.Duration, log *slog.Logger) {
+func (b *DB) syncLoop(every time.Duration, log *slog.Logger) {
 	defer b.wg.Done()
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -147,16 +159,36 @@ func (b *BadgerBackend) syncLoop(every time.Duration, log *slog.Logger) {
 	}
 }
 
-// DB returns the Badger database, for tools that need Badger itself.
-func (b *BadgerBackend) DB() *badger.DB { return b.db }
+// Badger returns the Badger database, for benchmarks and tools that need
+// Badger itself.
+func (b *DB) Badger() *badger.DB { return b.db }
+
+// expirySeconds returns Badger's expiry for a value that may be dropped
+// from t on: Badger expires entries in whole Unix seconds, at the second
+// itself, so t is rounded up to the next whole second, and one more is
+// added so that no rounding ever drops a value early. The zero time means
+// never.
+func expirySeconds(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	sec := t.Unix()
+	if t.Nanosecond() > 0 {
+		sec++
+	}
+	if sec < 0 {
+		return 1
+	}
+	return uint64(sec) + 1
+}
 
 func dbKey(key string) []byte {
 	k := make([]byte, 0, len(recordPrefix)+len(key))
 	return append(append(k, recordPrefix...), key...)
 }
 
-// Load implements Backend.
-func (b *BadgerBackend) Load(ctx context.Context, key string) ([]byte, error) {
+// Load returns the value stored under key, or nil when there is none.
+func (b *DB) Load(ctx context.Context, key string) ([]byte, error) {
 	var v []byte
 	err := b.db.View(func(txn *badger.Txn) error {
 		item, err := txn.Get(dbKey(key))
@@ -172,12 +204,15 @@ func (b *BadgerBackend) Load(ctx context.Context, key string) ([]byte, error) {
 	return v, err
 }
 
-// CompareAndSwap implements Backend with one Badger update transaction:
+// CompareAndSwap replaces the value under key with new when the stored
+// value equals old (nil: absent); new == nil deletes the key. The value
+// may be dropped from expireAt on, rounded up to Badger's whole seconds.
+// It is one Badger update transaction:
 // Get, compare, Set. A commit that conflicts with another transaction on
 // the key is retried from the other's result. Under SyncAlways a durable
 // swap is group-committed with others and returns once fsynced (see
 // badger_commit.go).
-func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
+func (b *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
 	if durable && b.mode == SyncAlways {
 		return b.durableCAS(ctx, key, old, new, expireAt)
 	}
@@ -209,7 +244,7 @@ func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new
 					return txn.Delete(k)
 				}
 				e := badger.NewEntry(k, new)
-				e.ExpiresAt = uint64(expireAt.Unix())
+				e.ExpiresAt = expirySeconds(expireAt)
 				return txn.SetEntry(e)
 			})
 		})
@@ -226,8 +261,8 @@ func (b *BadgerBackend) CompareAndSwap(ctx context.Context, key string, old, new
 	}
 }
 
-// Delete implements Backend.
-func (b *BadgerBackend) Delete(ctx context.Context, key string) error {
+// Delete removes key; an absent key is not an error.
+func (b *DB) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -236,9 +271,9 @@ func (b *BadgerBackend) Delete(ctx context.Context, key string) error {
 	})
 }
 
-// Scan implements Backend. It iterates in key order over one read
+// Scan calls fn with every key that begins with prefix and its value. It iterates in key order over one read
 // snapshot, fetching values as it goes.
-func (b *BadgerBackend) Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error {
+func (b *DB) Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error {
 	p := dbKey(prefix)
 	return b.db.View(func(txn *badger.Txn) error {
 		io := badger.DefaultIteratorOptions
@@ -261,18 +296,18 @@ func (b *BadgerBackend) Scan(ctx context.Context, prefix string, fn func(key str
 	})
 }
 
-// Close implements Backend: it stops the periodic sync, syncs once more,
+// Close stops the periodic sync, syncs once more,
 // and closes Badger.
-func (b *BadgerBackend) Close() error {
+func (b *DB) Close() error {
 	close(b.stop)
 	b.wg.Wait()
 	return b.db.Close()
 }
 
-// DiskUsage implements DiskUser: the bytes the data directory's files
+// DiskUsage returns the bytes the data directory's files
 // occupy on disk (allocated blocks, so preallocated sparse files count for
 // what they really use).
-func (b *BadgerBackend) DiskUsage() int64 {
+func (b *DB) DiskUsage() int64 {
 	if b.dir == "" {
 		return 0
 	}
