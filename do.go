@@ -1,6 +1,7 @@
 package idem
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"time"
@@ -47,6 +48,13 @@ const endTimeout = 30 * time.Second
 // since running fn again could repeat its side effect. If fn panics, or
 // its goroutine exits (runtime.Goexit), the key is released and the panic
 // or exit goes on.
+//
+// If the lease is lost before fn's outcome is stored (fn ran past its
+// lease while the store was unreachable, and another caller took the key
+// over), fn's outcome is not the key's and is not returned: Do returns the
+// stored outcome with replayed == true once the newer holder has finished
+// it, and otherwise an error wrapping ErrLeaseLost. fn's context carries
+// the key: see KeyFrom and SubKey.
 //
 // Do returns ErrInProgress while another caller runs the key, and
 // ErrFingerprintMismatch when the key was used with another fingerprint.
@@ -96,23 +104,42 @@ func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
 			// stored. Running it again could repeat the side effect, so the
 			// key ends as a permanent failure with no response.
 			if ferr := lease.Fail(endCtx, nil, false); ferr != nil {
-				return nil, false, errors.Join(err, ferr)
+				return s.refused(endCtx, key, fingerprint, errors.Join(err, ferr))
 			}
 		}
 		if err != nil {
-			return nil, false, err
+			return s.refused(endCtx, key, fingerprint, err)
 		}
 		return response, false, nil
 	}
 	var perm *PermanentError
 	if errors.As(fnErr, &perm) {
 		if err := lease.Fail(endCtx, perm.Response, false); err != nil {
-			return nil, false, errors.Join(fnErr, err)
+			return s.refused(endCtx, key, fingerprint, errors.Join(fnErr, err))
 		}
 		return perm.Response, false, fnErr
 	}
 	if err := lease.Fail(endCtx, nil, true); err != nil {
-		return nil, false, errors.Join(fnErr, err)
+		return s.refused(endCtx, key, fingerprint, errors.Join(fnErr, err))
 	}
 	return nil, false, fnErr
+}
+
+// refused answers a Do whose outcome the store refused with err. When the
+// lease was lost (it lapsed and another caller took the key over, or an
+// operator ended it), fn's outcome must not be handed out, since it is not
+// the key's outcome: the stored one is, and it is returned as a replay
+// once the newer holder has finished. Otherwise err is returned.
+func (s *Store) refused(ctx context.Context, key string, fingerprint []byte, err error) ([]byte, bool, error) {
+	if !errors.Is(err, ErrLeaseLost) {
+		return nil, false, err
+	}
+	rec, gerr := s.Get(ctx, key)
+	if gerr != nil || !rec.Finished() || !bytes.Equal(rec.Fingerprint, fingerprint) {
+		return nil, false, err
+	}
+	if rec.State == StateFailed {
+		return rec.Response, true, wrap("do", key, ErrFailed)
+	}
+	return rec.Response, true, nil
 }

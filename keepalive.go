@@ -13,7 +13,8 @@ import (
 // length, it extends the lease by its full length, until stop is called.
 // It returns the context to run the request under: ctx, canceled also when
 // the lease is lost (another caller took the key over, or the store was
-// closed), with an error wrapping ErrLeaseLost as its cause.
+// closed), with an error wrapping ErrLeaseLost as its cause. It carries
+// the lease's key for KeyFrom and SubKey.
 //
 // Renewal outlives ctx: when the caller goes away (a client disconnects,
 // ctx is canceled), the request's own context ends, but the lease is
@@ -28,7 +29,7 @@ import (
 // store, not one per lease: a request that ends within a third of its
 // lease costs no goroutine and no timer.
 func (l *Lease) KeepAlive(ctx context.Context) (run context.Context, stop func()) {
-	run, cancel := context.WithCancelCause(ctx)
+	run, cancel := context.WithCancelCause(context.WithValue(ctx, keyCtx{}, l.key))
 	k := &keepAlive{l: l, ctx: context.WithoutCancel(ctx), cancel: cancel, index: -1}
 	l.s.keeper.add(k, time.Now().Add(l.renewEvery()))
 	return run, func() {
