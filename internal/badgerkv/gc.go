@@ -22,8 +22,8 @@ import (
 // (staleness is recorded when a table is built, not when its entries
 // expire). Waiting, or closing and reopening, reclaims nothing.
 //
-// What works (measured: 500k–1M expired records, 77–409 MB allocated,
-// back to under 1 MB in 0.3–1 s, random or sequential keys alike):
+// What works (the measurements are in docs/decisions.md, "Getting disk
+// space back after mass expiry"):
 //
 //  1. write and delete two marker keys at both ends of the keyspace, so
 //     that the next table flushed overlaps every table below it;

@@ -105,21 +105,11 @@ func Open(cfg Config) (*DB, error) {
 	return b, nil
 }
 
-// badgerOptions sizes Badger for small records read by key: no compression
-// (records are small and mostly digests; compressed tables would also need
-// decompressed copies of blocks on the heap), and small memtables and
-// tables, so that memory stays bounded at millions of records and
-// compaction can drop expired tables piece by piece.
-//
-// Most of the process's memory besides the mmapped tables is Go heap that
-// scales with these sizes: memtable arenas (1.3 × MemTableSize each), and
-// table builders, whose buffers grow by doubling to the table's size and
-// are kept in a pool of up to eight for reuse. So the memtables are 12 MiB
-// (8 MiB lowered memory further but raised durable-write p99 from 2ms to
-// 5-9ms), every table is 1 MiB whatever its level, and L0 is compacted once
-// two tables wait, with two compactors (fewer, smaller builders at once).
-// The block cache costs little heap: uncompressed blocks point into the
-// mapped file.
+// badgerOptions sizes Badger for small records read by key: no
+// compression, small memtables and tables, so that memory stays bounded at
+// millions of records and compaction can drop expired tables piece by
+// piece. docs/decisions.md ("Sizing Badger") has the measurements behind
+// each number.
 func badgerOptions(o *Config) badger.Options {
 	bo := badger.DefaultOptions(o.Dir).
 		WithInMemory(o.InMemory).
