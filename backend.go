@@ -57,6 +57,13 @@ type GarbageCollector interface {
 	CollectGarbage(ctx context.Context, present int) (before, after int64, err error)
 }
 
+// Checker is implemented by backends whose configuration can be wrong in
+// ways only they know (a Redis key prefix that is not valid UTF-8). New
+// calls Check once and refuses the backend when it returns an error.
+type Checker interface {
+	Check() error
+}
+
 // DiskUser is implemented by backends that can report their disk use in
 // bytes.
 type DiskUser interface {

@@ -28,6 +28,12 @@ var (
 	// (ForceRelease, ForceFail, ForceDelete) return it when the stored
 	// record is no longer the one the operator was shown.
 	ErrLeaseLost = errors.New("lease lost")
+
+	// ErrTokenExhausted is returned by Begin when the key's record carries
+	// the largest fencing token, MaxToken, so no newer lease could be
+	// fenced from the older ones. Only a record restored with such a token
+	// can get there (tokens start below 2^52 and grow by one per lease).
+	ErrTokenExhausted = errors.New("fencing token exhausted")
 )
 
 // Errors returned for bad input.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -225,6 +226,10 @@ func (s *Store) validRecord(r *Record) error {
 		return fmt.Errorf("%w: fingerprint is %d bytes, more than %d", ErrTooLarge, len(r.Fingerprint), MaxFingerprintSize)
 	case r.Attempts < 0:
 		return fmt.Errorf("negative attempts %d", r.Attempts)
+	case r.Attempts > math.MaxInt32:
+		return fmt.Errorf("attempts %d larger than the maximum %d", r.Attempts, math.MaxInt32)
+	case r.Token > MaxToken:
+		return fmt.Errorf("token %d is larger than the maximum %d", r.Token, MaxToken)
 	case r.Token == 0:
 		return errors.New("token is 0 (tokens start at 1)")
 	case r.CreatedAt.IsZero() || r.ExpiresAt.IsZero():

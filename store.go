@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"sync"
@@ -68,6 +69,11 @@ func New(b Backend, opts *Options) (*Store, error) {
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if c, ok := b.(Checker); ok {
+		if err := c.Check(); err != nil {
+			return nil, fmt.Errorf("idem: New: %w", err)
+		}
 	}
 	return newStore(b, o), nil
 }
@@ -327,17 +333,27 @@ func (s *Store) decideBegin(key string, old *Record, fp []byte, pol policy, now 
 		return nil, false, nil
 	}
 	// A lapsed lease, or a retryable failure: a new lease on the same record.
+	if old.Token >= MaxToken {
+		return nil, false, wrap("begin", key, fmt.Errorf("%w: the fencing token is at its maximum %d, so no newer lease can be fenced; delete the record to use the key again", ErrTokenExhausted, old.Token))
+	}
 	r := *old
 	r.State = StateInProgress
 	r.Response = nil
 	r.Retryable = false
-	r.Attempts++
+	r.Attempts = min(r.Attempts+1, math.MaxInt32)
 	r.Token++
 	r.UpdatedAt = now
 	r.LeaseUntil = now.Add(pol.lease)
 	r.ExpiresAt = latest(latest(old.ExpiresAt, now.Add(pol.completed)), r.LeaseUntil)
 	return &r, old.State == StateInProgress, nil
 }
+
+// MaxToken is the largest fencing token: 2^53-1, the largest integer that
+// JSON numbers and Redis's Lua keep exact. A record whose token reaches it
+// (only an imported one can) gets no new lease: Begin returns an error
+// wrapping ErrTokenExhausted rather than let the token wrap around and a
+// stale holder's token match again.
+const MaxToken = 1<<53 - 1
 
 // firstToken returns the fencing token of a new record's first lease: a
 // random number below 2^52 (so that it stays exact in JSON and Lua), which

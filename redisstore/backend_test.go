@@ -43,6 +43,10 @@ func TestOpenDefaults(t *testing.T) {
 	assert.ErrorContains(t, err, "nil redis client")
 	_, err = redisstore.Open(rdb, &idem.Options{LeaseTTL: -time.Second})
 	assert.ErrorContains(t, err, "LeaseTTL")
+	_, err = idem.New(redisstore.NewBackend(rdb, &redisstore.Config{Prefix: "idem\xff:"}), nil)
+	assert.ErrorContains(t, err, "not valid UTF-8", "a prefix Scan could never match is refused when the store opens")
+	_, err = redisstore.Open(rdb, &idem.Options{Sync: idem.SyncNever})
+	assert.ErrorContains(t, err, "Options.Sync", "Redis has durability settings of its own")
 }
 
 // TestPrefixes: two stores on one Redis under different prefixes do not

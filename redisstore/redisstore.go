@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 
@@ -100,6 +101,16 @@ func NewBackend(rdb redis.UniversalClient, cfg *Config) *Backend {
 	// WAIT counts in whole milliseconds, and WAIT n 0 waits for ever.
 	c.WaitTimeout = max(c.WaitTimeout, time.Millisecond)
 	return &Backend{rdb: rdb, prefix: c.Prefix, wait: max(c.WaitReplicas, 0), waitTO: c.WaitTimeout}
+}
+
+// Check implements idem.Checker: the prefix must be valid UTF-8, since
+// Redis's SCAN patterns and the idem command handle keys as text, and a
+// store under another prefix would be found empty.
+func (b *Backend) Check() error {
+	if !utf8.ValidString(b.prefix) {
+		return fmt.Errorf("redisstore: the key prefix %q is not valid UTF-8", b.prefix)
+	}
+	return nil
 }
 
 // Prefix returns the key prefix in use.
