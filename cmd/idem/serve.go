@@ -37,6 +37,7 @@ func init() {
 			fs.StringVar(&cfg.addr, "addr", "127.0.0.1:8080", "address to listen on")
 			fs.StringVar(&cfg.admin, "admin", "", "serve /metrics (Prometheus) and the admin endpoints (/admin/records, /admin/stats) on `ADDR`, "+
 				"a private address of its own (default: off)")
+			fs.StringVar(&cfg.grpc, "grpc", "", "also serve the payments API over gRPC on `ADDR` (default: off)")
 			fs.BoolVar(&cfg.repairs, "admin-repairs", false, "also serve the repairs (idem release, fail and delete with -admin) on the admin address: "+
 				"whoever reaches them can make a request run twice")
 			return func(args []string, _, stderr io.Writer) error {
@@ -62,6 +63,7 @@ type serveConfig struct {
 	store *storeFlags // the embedded store or Redis
 	addr  string      // the payments API's listen address
 	admin string      // the admin endpoint's listen address; "" means none
+	grpc  string      // the gRPC payments API's listen address; "" means none
 	// repairs enables the admin endpoint's repairs.
 	repairs bool
 }
@@ -88,7 +90,10 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 	type server struct {
 		name string
 		ln   net.Listener
-		srv  *http.Server
+		srv  interface { // an *http.Server, or the gRPC server
+			Serve(net.Listener) error
+			Shutdown(context.Context) error
+		}
 	}
 	newServer := func(name, addr string, h http.Handler) (server, error) {
 		ln, err := net.Listen("tcp", addr)
@@ -101,7 +106,8 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
 		}}, nil
 	}
-	api, err := newServer("api", cfg.addr, newServeHandler(s, newPaymentsAPI(), log))
+	payments := newPaymentsAPI()
+	api, err := newServer("api", cfg.addr, newServeHandler(s, payments, log))
 	if err != nil {
 		return err
 	}
@@ -114,6 +120,16 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 			return err
 		}
 		servers = append(servers, admin)
+	}
+	if cfg.grpc != "" {
+		ln, err := net.Listen("tcp", cfg.grpc)
+		if err != nil {
+			for _, sv := range servers {
+				sv.ln.Close()
+			}
+			return fmt.Errorf("grpc: %w", err)
+		}
+		servers = append(servers, server{"grpc", ln, newGRPCServer(s, payments, log)})
 	}
 
 	errc := make(chan error, len(servers))
