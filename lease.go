@@ -215,10 +215,13 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 		}
 		return EncodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 	})
-	if err == nil && next != nil {
+	switch {
+	case err == nil && next != nil:
 		l.mu.Lock()
 		l.data = next
 		l.mu.Unlock()
+	case err == nil:
+		s.waiters.wake(l.key) // the lease ended
 	}
 	return err
 }

@@ -120,6 +120,14 @@ type Options struct {
 	// CacheTTL bounds how long a record stays cached. Zero means 1m.
 	CacheTTL time.Duration
 
+	// MaxWaiters bounds the calls of Wait waiting at once. Zero means
+	// DefaultMaxWaiters (1024).
+	MaxWaiters int
+	// WaitPoll is how often Wait reads a record again, for holders in
+	// other processes that share the store (Redis, Postgres). Zero means
+	// 100ms.
+	WaitPoll time.Duration
+
 	// Observer is told the outcome and duration of every Begin, Get and
 	// lease step, for latency metrics. Nil means none.
 	Observer Observer
@@ -142,6 +150,7 @@ func (o *Options) withDefaults() (Options, error) {
 		{"FailedTTL", &r.FailedTTL, DefaultFailedTTL},
 		{"SyncInterval", &r.SyncInterval, time.Second},
 		{"CacheTTL", &r.CacheTTL, time.Minute},
+		{"WaitPoll", &r.WaitPoll, 100 * time.Millisecond},
 	} {
 		if *f.d < 0 {
 			return r, fmt.Errorf("idem: Options.%s is negative (%v)", f.name, *f.d)
@@ -170,6 +179,12 @@ func (o *Options) withDefaults() (Options, error) {
 	}
 	if r.Sync < SyncAlways || r.Sync > SyncNever {
 		return r, fmt.Errorf("idem: Options.Sync: %v", r.Sync)
+	}
+	if r.MaxWaiters == 0 {
+		r.MaxWaiters = DefaultMaxWaiters
+	}
+	if r.MaxWaiters < 0 {
+		return r, fmt.Errorf("idem: Options.MaxWaiters is negative (%d)", r.MaxWaiters)
 	}
 	if r.CacheSize < 0 {
 		return r, fmt.Errorf("idem: Options.CacheSize is negative (%d)", r.CacheSize)

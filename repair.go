@@ -146,6 +146,7 @@ func (s *Store) ForceDelete(ctx context.Context, key string, seen *Record) error
 	if err != nil {
 		return err
 	}
+	s.waiters.wake(key)
 	if s.cache != nil {
 		s.cache.del(key)
 	}
@@ -208,6 +209,7 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 	if err != nil {
 		return err
 	}
+	s.waiters.wake(key)
 	if s.cache != nil {
 		s.cache.del(key)
 	}

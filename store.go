@@ -36,9 +36,10 @@ type Store struct {
 	// without taking mu: a cached record needs nothing that Close frees.
 	isClosed atomic.Bool
 
-	stop   chan struct{}  // closed by Close to stop background work
-	wg     sync.WaitGroup // background goroutines
-	keeper keeper         // renews leases under KeepAlive
+	stop    chan struct{}  // closed by Close to stop background work
+	wg      sync.WaitGroup // background goroutines
+	keeper  keeper         // renews leases under KeepAlive
+	waiters waiters        // callers of Wait
 }
 
 // New returns a Store running the state machine over b, with the background
@@ -434,6 +435,7 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	}
 	defer s.mu.RUnlock()
 	err := s.b.Delete(ctx, key)
+	s.waiters.wake(key)
 	if s.cache != nil {
 		// After the deletion, not before: a reader that read the record
 		// before it was deleted either put it in the cache already (and
