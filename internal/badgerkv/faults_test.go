@@ -369,3 +369,26 @@ func TestFaultReadOnlyAfterCrash(t *testing.T) {
 	assert.Equal(t, before, sums(t, dir), "a read-only open changed the directory")
 	assert.Equal(t, 3000, countPresent(t, dir, 3000))
 }
+
+// BenchmarkSpaceCheck measures the free-space check every write makes,
+// beside a direct statfs (what an uncached check would cost).
+func BenchmarkSpaceCheck(b *testing.B) {
+	dir := b.TempDir()
+	b.Run("cached", func(b *testing.B) {
+		g := newSpaceGuard(dir, 1)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := g.check(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("statfs", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := freeSpace(dir); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
