@@ -104,6 +104,12 @@ func checkDir(dir string, readOnly bool, log *slog.Logger) error {
 	}
 	if len(unlisted) > 0 {
 		sort.Strings(unlisted)
+		if end < st.Size() {
+			// The torn change may be the one that listed them: a MANIFEST
+			// truncated in the middle of a change looks the same, and
+			// Badger would delete the tables it lost.
+			return fmt.Errorf("%w: %s ends in a torn change and the tables %s are not listed in it: it may have lost changes, and opening would delete them", ErrCorrupt, mpath, strings.Join(unlisted, ", "))
+		}
 		if readOnly {
 			return fmt.Errorf("%w: %s holds tables the MANIFEST does not list (%s), left by a crash during a flush, which only a read-write open clears", ErrNeedsRecovery, dir, strings.Join(unlisted, ", "))
 		}

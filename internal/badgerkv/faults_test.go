@@ -284,6 +284,13 @@ func TestFaultDamageRefused(t *testing.T) {
 			require.NoError(t, os.Truncate(filepath.Join(dir, "MANIFEST"), 0))
 			return "MANIFEST"
 		}},
+		{"manifest cut in its last change", func(t *testing.T, dir string) string {
+			m := filepath.Join(dir, "MANIFEST")
+			st, err := os.Stat(m)
+			require.NoError(t, err)
+			require.NoError(t, os.Truncate(m, st.Size()-3))
+			return "MANIFEST"
+		}},
 		{"table truncated", func(t *testing.T, dir string) string {
 			sst := tables(t, dir)[0]
 			st, err := os.Stat(sst)
