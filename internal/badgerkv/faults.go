@@ -121,7 +121,9 @@ func (b *DB) guard(op string, fn func() error) (err error) {
 // userPanic carries a panic of the caller's code through guard.
 type userPanic struct{ v any }
 
-// closeWait bounds how long Close waits for Badger to close once the DB
-// has failed: Badger's flush goroutine retries a failed table write
-// forever, and its Close waits for it.
-var closeWait = 5 * time.Second
+// closeWait and closeWaitHealthy bound how long Close waits for Badger,
+// once the DB has failed and while it is healthy (see Close).
+var (
+	closeWait        = 5 * time.Second
+	closeWaitHealthy = 30 * time.Second
+)

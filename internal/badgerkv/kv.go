@@ -375,31 +375,41 @@ func callUser(fn func(key string, value []byte) error, k string, v []byte) error
 	return fn(k, v)
 }
 
-// Close stops the periodic sync, syncs once more, and closes Badger. Once
-// the DB has failed, Close waits for Badger at most closeWait and then
-// abandons it, returning the failed state's error: Badger's goroutines
-// and the directory lock are left to the process's exit, so the
-// directory can be reopened only by another process (a restart).
+// Close stops the periodic sync, syncs once more, and closes Badger.
+// Close never waits on Badger without bound: Badger's flush goroutine
+// retries a table it cannot write forever, and its Close waits for it.
+// Once the DB has failed, Close waits at most closeWait (a healthy DB
+// closeWaitHealthy, which flushing the memtables takes well within) and
+// then abandons Badger, returning an error wrapping ErrFailed: Badger's
+// goroutines and the directory lock are left to the process's exit, so
+// only another process (a restart) can reopen the directory. Nothing
+// acknowledged is lost: it is in the write-ahead logs.
 func (b *DB) Close() error {
 	close(b.stop)
 	b.wg.Wait()
+	wait := closeWait
 	if b.failure() == nil {
-		return b.guard("close", b.db.Close)
+		wait = closeWaitHealthy
 	}
 	done := make(chan error, 1)
 	go func() {
+		// Not through guard: a failed DB still tries to close Badger, to
+		// release the directory if it can.
 		defer func() {
 			if r := recover(); r != nil {
-				done <- fmt.Errorf("panic in badger: %v", r)
+				done <- b.fail("close", fmt.Errorf("panic in badger: %v", r))
 			}
 		}()
 		done <- b.db.Close()
 	}()
 	select {
 	case err := <-done:
-		return errors.Join(b.failure(), err)
-	case <-time.After(closeWait):
-		return fmt.Errorf("%w; badger did not close within %v and was abandoned", b.failure(), closeWait)
+		if f := b.failure(); f != nil && !errors.Is(err, ErrFailed) {
+			return errors.Join(f, err)
+		}
+		return err
+	case <-time.After(wait):
+		return fmt.Errorf("%w; badger did not close within %v and was abandoned", b.fail("close", errors.New("badger's close hung")), wait)
 	}
 }
 
