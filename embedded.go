@@ -31,6 +31,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 		ReadOnly:     o.ReadOnly,
 		Sync:         engineSync(o.Sync),
 		SyncInterval: o.SyncInterval,
+		Reserve:      o.DiskReserve,
 		Logger:       o.Logger,
 	})
 	if err != nil {
@@ -81,6 +82,17 @@ func (e embedded) CollectGarbage(ctx context.Context, present int) (before, afte
 
 func (e embedded) DiskUsage() int64 { return e.kv.DiskUsage() }
 
+// DiskFree returns the bytes free on the file system of the embedded
+// store's data directory, or -1 when the store is in memory or on another
+// backend, or the system does not say. Writes return ErrNoSpace while it
+// is below Options.DiskReserve.
+func (s *Store) DiskFree() int64 {
+	if e, ok := s.b.(embedded); ok {
+		return e.kv.DiskFree()
+	}
+	return -1
+}
+
 // embeddedErr gives the engine's errors the store's names, keeping the
 // engine's message and cause.
 func embeddedErr(err error) error {
@@ -89,6 +101,16 @@ func embeddedErr(err error) error {
 		return nil
 	case errors.Is(err, badgerkv.ErrLocked):
 		return &namedErr{name: ErrLocked, err: err}
+	case errors.Is(err, badgerkv.ErrFailed) && errors.Is(err, badgerkv.ErrNoSpace):
+		return &namedErr{name: errors.Join(ErrStoreFailed, ErrNoSpace), err: err}
+	case errors.Is(err, badgerkv.ErrFailed):
+		return &namedErr{name: ErrStoreFailed, err: err}
+	case errors.Is(err, badgerkv.ErrNoSpace):
+		return &namedErr{name: ErrNoSpace, err: err}
+	case errors.Is(err, badgerkv.ErrCorrupt):
+		return &namedErr{name: ErrCorrupt, err: err}
+	case errors.Is(err, badgerkv.ErrNeedsRecovery):
+		return &namedErr{name: ErrNeedsRecovery, err: err}
 	}
 	return err
 }

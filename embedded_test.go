@@ -299,3 +299,44 @@ func TestDurabilitySIGKILL(t *testing.T) {
 		require.NoError(t, s.Close())
 	}
 }
+
+// The embedded engine's storage errors reach the caller under the
+// store's names: writes refused below the disk reserve are ErrNoSpace,
+// and reads go on.
+func TestEmbeddedNoSpace(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	_, _, err = s.Do(ctx, "before", nil, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
+	require.NoError(t, err)
+	assert.Positive(t, s.DiskFree())
+	require.NoError(t, s.Close())
+
+	s, err = idem.Open(dir, &idem.Options{GCInterval: -1, DiskReserve: 1 << 62})
+	require.NoError(t, err)
+	defer s.Close()
+	_, _, err = s.Begin(ctx, "after", nil)
+	require.ErrorIs(t, err, idem.ErrNoSpace)
+	rec, err := s.Get(ctx, "before")
+	require.NoError(t, err, "reads go on")
+	assert.Equal(t, "ok", string(rec.Response))
+
+	_, err = idem.New(storeinternal.Backend(s).(idem.Backend), &idem.Options{DiskReserve: 1})
+	require.ErrorContains(t, err, "DiskReserve", "another backend has no disk reserve")
+}
+
+// A data directory with tables but no MANIFEST is refused as damaged,
+// naming the file, rather than opened as an empty store.
+func TestEmbeddedDamageRefused(t *testing.T) {
+	dir := t.TempDir()
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	_, _, err = s.Do(context.Background(), "k", nil, func(context.Context) ([]byte, error) { return []byte("ok"), nil })
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+	require.NoError(t, os.Remove(dir+"/MANIFEST"))
+	_, err = idem.Open(dir, nil)
+	require.ErrorIs(t, err, idem.ErrCorrupt)
+	require.ErrorContains(t, err, "MANIFEST")
+}

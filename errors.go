@@ -53,9 +53,31 @@ var (
 	// ErrClosed is returned by every operation on a store after Close.
 	ErrClosed = errors.New("store closed")
 
-	// ErrCorrupt is returned when a stored record cannot be decoded. The
-	// error names the key; other keys are served as usual.
+	// ErrCorrupt is returned when a stored record cannot be decoded (the
+	// error names the key; other keys are served as usual), and by Open
+	// when the data directory is damaged: a table, value log or MANIFEST
+	// missing, truncated or unreadable (the error names the file; Open
+	// changes nothing in the directory).
 	ErrCorrupt = errors.New("corrupt record")
+
+	// ErrNoSpace is returned by writes to the embedded store while the
+	// disk is, or is about to be, too full to write: less than
+	// Options.DiskReserve is free. Reads go on, and writes work again by
+	// themselves once space is freed.
+	ErrNoSpace = errors.New("disk too full to write")
+
+	// ErrStoreFailed is returned by every operation on the embedded store
+	// after a storage error that may have left the engine inconsistent (a
+	// failed fsync or file write: permission denied, no space, I/O error).
+	// The error says which. Nothing acknowledged is lost: Close the store
+	// and open it again (restart the process) once the disk is fixed.
+	ErrStoreFailed = errors.New("storage failed")
+
+	// ErrNeedsRecovery is returned by a read-only Open of a data
+	// directory whose last read-write process ended without closing it
+	// (a crash, a kill): its logs must be replayed by a read-write Open,
+	// which a read-only Open never does.
+	ErrNeedsRecovery = errors.New("data directory needs recovery")
 
 	// ErrLocked is returned by Open when another process holds the data
 	// directory: one process may open a data directory read-write.

@@ -109,6 +109,18 @@ type Options struct {
 	// SyncInterval is the fsync period under SyncPeriodic. Zero means 1s.
 	// Embedded store only.
 	SyncInterval time.Duration
+	// DiskReserve is the free space, in bytes, that the embedded store's
+	// writes leave on its file system: below it they return ErrNoSpace
+	// and reads go on. Badger writes through memory mappings, where a
+	// full disk kills the process instead of failing a write, so the
+	// reserve covers what Badger may write before it frees anything
+	// (see internal/badgerkv.DefaultReserve for the arithmetic). Zero
+	// means 144 MiB; negative turns the check off. Free space is checked
+	// at most every few milliseconds and cannot stop another process
+	// from filling the disk meanwhile: raise the reserve by what other
+	// writers to the file system may write in a moment. Embedded store
+	// only.
+	DiskReserve int64
 
 	// CacheSize is the size in bytes of a read cache of completed and
 	// failed records in front of the backend. Finished records do not

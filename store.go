@@ -47,7 +47,7 @@ type Store struct {
 // the defaults.
 //
 // The options that only the embedded store reads (InMemory, Sync,
-// SyncInterval) are refused: another backend has durability settings of
+// SyncInterval, DiskReserve) are refused: another backend has durability settings of
 // its own.
 func New(b Backend, opts *Options) (*Store, error) {
 	if b == nil {
@@ -61,6 +61,7 @@ func New(b Backend, opts *Options) (*Store, error) {
 			{"InMemory", opts.InMemory},
 			{"Sync", opts.Sync != SyncAlways},
 			{"SyncInterval", opts.SyncInterval != 0},
+			{"DiskReserve", opts.DiskReserve != 0},
 		} {
 			if f.set {
 				return nil, fmt.Errorf("idem: New: Options.%s applies to the embedded store (Open) only; this backend has durability settings of its own", f.name)

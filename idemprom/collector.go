@@ -90,6 +90,7 @@ var (
 	descGCBytes     = desc("idem_gc_reclaimed_bytes_total", "Bytes of disk given back by garbage collection.")
 	descLastGC      = desc("idem_gc_last_run_timestamp_seconds", "When the last garbage collection ended.")
 	descDisk        = desc("idem_disk_bytes", "Disk used by the store.")
+	descDiskFree    = desc("idem_disk_free_bytes", "Free space on the embedded store's file system; writes fail with ErrNoSpace below Options.DiskReserve.")
 	descRecords     = desc("idem_records", "Live records by state, at the last census.", "state")
 	descCorrupt     = desc("idem_records_corrupt", "Records that cannot be decoded, at the last census.")
 	descStale       = desc("idem_stale_leases", "In-progress records whose lease has lapsed with no takeover, at the last census.")
@@ -102,7 +103,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descRequests, descTakeovers, descGets, descEnded, descConflicts,
-		descCacheHits, descSweeps, descGCRuns, descGCBytes, descLastGC, descDisk, descRecords, descCorrupt,
+		descCacheHits, descSweeps, descGCRuns, descGCBytes, descLastGC, descDisk, descDiskFree, descRecords, descCorrupt,
 		descStale, descOldest, descTruncated, descCensusTook, descCensusFails} {
 		ch <- d
 	}
@@ -140,6 +141,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descDisk, float64(du))
 	} else if st.DiskBytes > 0 {
 		gauge(descDisk, float64(st.DiskBytes))
+	}
+	if free := c.s.DiskFree(); free >= 0 {
+		gauge(descDiskFree, float64(free))
 	}
 
 	if c.opts.ScanLimit < 0 {

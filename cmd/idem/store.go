@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dgraph-io/badger/v4"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/idemdb/idem"
@@ -110,12 +109,13 @@ func (f *storeFlags) prefix() string {
 }
 
 // openStore opens the store f names. readOnly asks for a read-only open,
-// which shares the directory with other readers; commands that only look
-// use it. A directory whose process crashed cannot be opened read-only
-// until its log is replayed: then it is opened read-write, with a notice.
-// The store logs to stderr (repairs, takeovers) and runs no background
-// expiry. A directory held by another process gives an error
-// wrapping idem.ErrLocked that says where to look instead.
+// which shares the directory with other readers and changes no byte in
+// it; commands that only look use it. A directory whose process crashed
+// cannot be read that way until a read-write open replays its logs: the
+// error (wrapping idem.ErrNeedsRecovery) says how. The store logs to
+// stderr (repairs, takeovers) and runs no background expiry. A directory
+// held by another process gives an error wrapping idem.ErrLocked that
+// says where to look instead.
 func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, error) {
 	if err := f.check(); err != nil {
 		return nil, err
@@ -135,14 +135,9 @@ func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, err
 		MaxKeySize: idem.MaxKeySizeLimit,
 	}
 	s, err := f.open(opts)
-	if readOnly && err != nil && strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error()) {
-		// A process that held the directory ended without closing the
-		// store (a crash, kill -9): its log must be replayed, which a
-		// read-only open cannot do. Open it as the service's next start
-		// would; the lock still keeps out any process that holds it.
-		fmt.Fprintf(stderr, "idem: %s was not closed cleanly (its process crashed or was killed): opening it read-write to replay its log, as the service's next start would\n", f.dir())
-		opts.ReadOnly = false
-		s, err = f.open(opts)
+	if errors.Is(err, idem.ErrNeedsRecovery) {
+		return nil, fmt.Errorf("%s was not closed cleanly (its process crashed or was killed), and reading it needs a recovery that writes, which this command never does: "+
+			"run `idem recover -data %s` (or start the service on it once), then run this again: %w", f.dir(), f.dir(), err)
 	}
 	return s, err
 }

@@ -121,13 +121,15 @@ func (b *DB) commitBatch(batch []*durableWrite) {
 	var err error
 	for {
 		err = blockedRetry(ctx, func() error {
-			return b.db.Update(func(txn *badger.Txn) error {
-				for _, w := range batch {
-					if err := w.apply(txn); err != nil {
-						return err
+			return b.guard("durable write", func() error {
+				return b.db.Update(func(txn *badger.Txn) error {
+					for _, w := range batch {
+						if err := w.apply(txn); err != nil {
+							return err
+						}
 					}
-				}
-				return nil
+					return nil
+				})
 			})
 		})
 		if !errors.Is(err, badger.ErrConflict) {
@@ -142,6 +144,7 @@ func (b *DB) commitBatch(batch []*durableWrite) {
 		b.commitBatch(batch[half:])
 		return
 	}
+	err = b.writeErr("durable write", err)
 	swapped := false
 	for _, w := range batch {
 		w.err = err
@@ -153,14 +156,18 @@ func (b *DB) commitBatch(batch []*durableWrite) {
 	if err != nil || !swapped {
 		return
 	}
-	err = b.sync()
+	err = b.guard("fsync", b.sync)
 	if err == nil {
 		err = b.syncRotated(first)
 	}
 	if err != nil {
+		// After a failed fsync the kernel may have dropped the dirty
+		// pages: what Badger holds in memory and what is on disk may
+		// differ, and a later fsync can succeed without writing them.
+		err = b.fail("fsync", fmt.Errorf("fsync: %w", err))
 		for _, w := range batch {
 			if w.swapped {
-				w.err = fmt.Errorf("fsync: %w", err)
+				w.err = err
 			}
 		}
 	}

@@ -21,7 +21,12 @@ func openBackend(t *testing.T, wrap func(sync func() error) func() error) *DB {
 	t.Helper()
 	b, err := Open(Config{Dir: t.TempDir()})
 	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	t.Cleanup(func() {
+		// A test that made the DB fail has checked that itself.
+		if err := b.Close(); !errors.Is(err, ErrFailed) {
+			require.NoError(t, err)
+		}
+	})
 	b.sync = wrap(b.sync)
 	return b
 }
@@ -109,32 +114,44 @@ func TestGroupCommitExactlyOne(t *testing.T) {
 	}
 }
 
+// A failed fsync puts the DB in the failed state: the write reports it,
+// and every later call fails with ErrFailed naming the cause without
+// calling Badger. A reopen finds what was acknowledged.
 func TestGroupCommitSyncError(t *testing.T) {
 	boom := errors.New("disk on fire")
 	var fail atomic.Bool
-	b := openBackend(t, func(sync func() error) func() error {
-		return func() error {
-			if fail.Load() {
-				return boom
-			}
-			return sync()
+	dir := t.TempDir()
+	b, err := Open(Config{Dir: dir})
+	require.NoError(t, err)
+	sync := b.sync
+	b.sync = func() error {
+		if fail.Load() {
+			return boom
 		}
-	})
+		return sync()
+	}
 	ctx := context.Background()
-	_, _, err := b.CompareAndSwap(ctx, "a", nil, []byte("1"), time.Now().Add(time.Hour), true)
+	_, _, err = b.CompareAndSwap(ctx, "a", nil, []byte("1"), time.Now().Add(time.Hour), true)
 	require.NoError(t, err)
 	fail.Store(true)
 	_, _, err = b.CompareAndSwap(ctx, "b", nil, []byte("1"), time.Now().Add(time.Hour), true)
 	require.ErrorIs(t, err, boom)
+	require.ErrorIs(t, err, ErrFailed)
 	assert.Contains(t, err.Error(), "fsync")
-	// A swap that did not happen needs no sync and reports none.
-	cur, swapped, err := b.CompareAndSwap(ctx, "a", nil, []byte("2"), time.Now().Add(time.Hour), true)
-	require.NoError(t, err)
-	assert.False(t, swapped)
-	assert.Equal(t, "1", string(cur))
 	fail.Store(false)
 	_, _, err = b.CompareAndSwap(ctx, "c", nil, []byte("1"), time.Now().Add(time.Hour), true)
+	require.ErrorIs(t, err, ErrFailed)
+	require.ErrorIs(t, err, boom, "the failed state says why")
+	_, err = b.Load(ctx, "a")
+	require.ErrorIs(t, err, ErrFailed)
+	require.ErrorIs(t, b.Close(), ErrFailed)
+
+	b, err = Open(Config{Dir: dir})
 	require.NoError(t, err)
+	defer b.Close()
+	v, err := b.Load(ctx, "a")
+	require.NoError(t, err)
+	assert.Equal(t, "1", string(v))
 }
 
 func TestBadgerLoggerLevels(t *testing.T) {
@@ -255,5 +272,6 @@ func TestGroupCommitSyncsRotatedMemtable(t *testing.T) {
 	b.fsyncFile = func(string) error { return errors.New("disk on fire") }
 	_, ok, err = b.CompareAndSwap(ctx, "failing", nil, []byte("v"), time.Now().Add(time.Hour), true)
 	require.ErrorContains(t, err, "disk on fire")
+	require.ErrorIs(t, err, ErrFailed)
 	assert.True(t, ok, "the swap was committed; only its durability failed")
 }

@@ -23,3 +23,13 @@ func allocated(info fs.FileInfo) int64 {
 func exists(path string) bool {
 	return syscall.Access(path, 0) == nil // F_OK
 }
+
+// freeSpace returns the bytes available to unprivileged writers on the
+// file system of dir.
+func freeSpace(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}

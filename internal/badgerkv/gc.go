@@ -50,8 +50,14 @@ var (
 func (b *DB) CollectGarbage(ctx context.Context, present int) (before, after int64, err error) {
 	before = b.DiskUsage()
 	defer func() { after = b.DiskUsage() }()
+	if err := b.writable(); err != nil {
+		return before, 0, err
+	}
 	for ctx.Err() == nil {
-		if err := b.db.RunValueLogGC(0.5); err != nil {
+		if err := b.guard("value-log gc", func() error { return b.db.RunValueLogGC(0.5) }); err != nil {
+			if errors.Is(err, ErrFailed) {
+				return before, 0, err
+			}
 			if !errors.Is(err, badger.ErrNoRewrite) && !errors.Is(err, badger.ErrRejected) {
 				return before, 0, fmt.Errorf("value-log gc: %w", err)
 			}
@@ -61,10 +67,14 @@ func (b *DB) CollectGarbage(ctx context.Context, present int) (before, after int
 	if err := ctx.Err(); err != nil {
 		return before, 0, err
 	}
-	if !b.shouldReclaim(present) {
-		return before, 0, nil
+	reclaim := false
+	if err := b.guard("gc count", func() error { reclaim = b.shouldReclaim(present); return nil }); err != nil || !reclaim {
+		return before, 0, err
 	}
-	if err := b.reclaim(); err != nil {
+	if err := b.writable(); err != nil {
+		return before, 0, err
+	}
+	if err := b.writeErr("reclaim", b.guard("reclaim", b.reclaim)); err != nil {
 		return before, 0, fmt.Errorf("reclaim: %w", err)
 	}
 	return before, 0, nil

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -36,6 +37,11 @@ type Config struct {
 
 	Sync         Sync          // when durable writes reach stable storage
 	SyncInterval time.Duration // the fsync period under SyncPeriodic; zero means 1s
+
+	// Reserve is the free space, in bytes, that writes leave on the data
+	// directory's file system: below it they return ErrNoSpace. Zero
+	// means DefaultReserve; negative turns the check off.
+	Reserve int64
 
 	Logger *slog.Logger // Badger's warnings and errors; nil means silent
 }
@@ -64,6 +70,10 @@ type DB struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
 	dir  string
+	log  *slog.Logger
+
+	space  *spaceGuard               // nil: no check (in memory, read-only)
+	failed atomic.Pointer[failedErr] // set once: the failed state, see faults.go
 }
 
 // recordPrefix is the namespace of the stored keys in Badger.
@@ -83,14 +93,31 @@ func Open(cfg Config) (*DB, error) {
 	if cfg.SyncInterval <= 0 {
 		cfg.SyncInterval = time.Second
 	}
-	db, err := badger.Open(badgerOptions(&cfg))
+	if !cfg.InMemory {
+		// Before Badger opens it: Badger changes a directory as it opens
+		// it, and panics on some damage where no caller can recover.
+		if err := checkDir(dir, cfg.ReadOnly, cfg.Logger); err != nil {
+			return nil, fmt.Errorf("open %s: %w", dir, err)
+		}
+	}
+	db, err := openBadger(badgerOptions(&cfg))
 	if err != nil {
-		if strings.Contains(err.Error(), "Cannot acquire directory lock") {
+		switch {
+		case strings.Contains(err.Error(), "Cannot acquire directory lock"):
 			return nil, fmt.Errorf("open %s: %w (%v)", dir, ErrLocked, err)
+		case strings.Contains(err.Error(), badger.ErrTruncateNeeded.Error()): // y.Wrapf keeps only the message
+			return nil, fmt.Errorf("open %s: %w: the process that last wrote it ended without closing it (%v)", dir, ErrNeedsRecovery, err)
 		}
 		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
-	b := &DB{db: db, mode: cfg.Sync, stop: make(chan struct{}), dir: dir}
+	b := &DB{db: db, mode: cfg.Sync, stop: make(chan struct{}), dir: dir, log: cfg.Logger}
+	if !cfg.InMemory && !cfg.ReadOnly && cfg.Reserve >= 0 {
+		reserve := cfg.Reserve
+		if reserve == 0 {
+			reserve = DefaultReserve
+		}
+		b.space = newSpaceGuard(dir, reserve)
+	}
 	b.sync, b.fsyncFile = db.Sync, fsyncPath
 	if dir != "" {
 		b.memFid = newestMemFile(dir)
@@ -103,6 +130,17 @@ func Open(cfg Config) (*DB, error) {
 		go b.syncLoop(cfg.SyncInterval, cfg.Logger)
 	}
 	return b, nil
+}
+
+// openBadger is badger.Open, with a panic in it returned as an error
+// wrapping ErrCorrupt.
+func openBadger(o badger.Options) (db *badger.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("%w: badger panicked while opening it: %v", ErrCorrupt, r)
+		}
+	}()
+	return badger.Open(o)
 }
 
 // badgerOptions sizes Badger for small records read by key: no
@@ -142,7 +180,11 @@ func (b *DB) syncLoop(every time.Duration, log *slog.Logger) {
 		case <-b.stop:
 			return
 		case <-t.C:
-			if err := b.db.Sync(); err != nil && log != nil {
+			err := b.guard("periodic sync", b.db.Sync)
+			if err != nil && !errors.Is(err, ErrFailed) {
+				err = b.fail("periodic sync", err)
+			}
+			if err != nil && log != nil {
 				log.Error("idem: periodic sync failed", "err", err)
 			}
 		}
@@ -180,13 +222,15 @@ func dbKey(key string) []byte {
 // Load returns the value stored under key, or nil when there is none.
 func (b *DB) Load(ctx context.Context, key string) ([]byte, error) {
 	var v []byte
-	err := b.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(dbKey(key))
-		if err != nil {
+	err := b.guard("load", func() error {
+		return b.db.View(func(txn *badger.Txn) error {
+			item, err := txn.Get(dbKey(key))
+			if err != nil {
+				return err
+			}
+			v, err = item.ValueCopy(nil)
 			return err
-		}
-		v, err = item.ValueCopy(nil)
-		return err
+		})
 	})
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, nil
@@ -203,6 +247,9 @@ func (b *DB) Load(ctx context.Context, key string) ([]byte, error) {
 // swap is group-committed with others and returns once fsynced (see
 // badger_commit.go).
 func (b *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
+	if err := b.writable(); err != nil {
+		return nil, false, err
+	}
 	if durable && b.mode == SyncAlways {
 		return b.durableCAS(ctx, key, old, new, expireAt)
 	}
@@ -215,32 +262,35 @@ func (b *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, ex
 		swapped := false
 		err := blockedRetry(ctx, func() error {
 			current, swapped = nil, false
-			return b.db.Update(func(txn *badger.Txn) error {
-				item, err := txn.Get(k)
-				switch {
-				case errors.Is(err, badger.ErrKeyNotFound):
-				case err != nil:
-					return err
-				default:
-					if current, err = item.ValueCopy(nil); err != nil {
+			return b.guard("write", func() error {
+				return b.db.Update(func(txn *badger.Txn) error {
+					item, err := txn.Get(k)
+					switch {
+					case errors.Is(err, badger.ErrKeyNotFound):
+					case err != nil:
 						return err
+					default:
+						if current, err = item.ValueCopy(nil); err != nil {
+							return err
+						}
 					}
-				}
-				if (current == nil) != (old == nil) || !bytes.Equal(current, old) {
-					return nil
-				}
-				swapped = true
-				if new == nil {
-					return txn.Delete(k)
-				}
-				e := badger.NewEntry(k, new)
-				e.ExpiresAt = expirySeconds(expireAt)
-				return txn.SetEntry(e)
+					if (current == nil) != (old == nil) || !bytes.Equal(current, old) {
+						return nil
+					}
+					swapped = true
+					if new == nil {
+						return txn.Delete(k)
+					}
+					e := badger.NewEntry(k, new)
+					e.ExpiresAt = expirySeconds(expireAt)
+					return txn.SetEntry(e)
+				})
 			})
 		})
 		if errors.Is(err, badger.ErrConflict) {
 			continue
 		}
+		err = b.writeErr("write", err)
 		if err != nil {
 			return nil, false, err
 		}
@@ -256,15 +306,33 @@ func (b *DB) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return blockedRetry(ctx, func() error {
-		return b.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey(key)) })
-	})
+	if err := b.writable(); err != nil {
+		return err
+	}
+	return b.writeErr("delete", blockedRetry(ctx, func() error {
+		return b.guard("delete", func() error {
+			return b.db.Update(func(txn *badger.Txn) error { return txn.Delete(dbKey(key)) })
+		})
+	}))
+}
+
+// writable returns the failed state's error, or an error wrapping
+// ErrNoSpace while free space is below the reserve.
+func (b *DB) writable() error {
+	if err := b.failure(); err != nil {
+		return err
+	}
+	return b.space.check()
 }
 
 // Scan calls fn with every key that begins with prefix and its value. It iterates in key order over one read
 // snapshot, fetching values as it goes.
 func (b *DB) Scan(ctx context.Context, prefix string, fn func(key string, value []byte) error) error {
 	p := dbKey(prefix)
+	return b.guard("scan", func() error { return b.scan(ctx, p, fn) })
+}
+
+func (b *DB) scan(ctx context.Context, p []byte, fn func(key string, value []byte) error) error {
 	return b.db.View(func(txn *badger.Txn) error {
 		io := badger.DefaultIteratorOptions
 		io.Prefix = p
@@ -277,7 +345,7 @@ func (b *DB) Scan(ctx context.Context, prefix string, fn func(key string, value 
 			}
 			item := it.Item()
 			k := string(item.Key()[len(recordPrefix):])
-			err := item.Value(func(v []byte) error { return fn(k, v) })
+			err := item.Value(func(v []byte) error { return callUser(fn, k, v) })
 			if err != nil {
 				return err
 			}
@@ -286,12 +354,53 @@ func (b *DB) Scan(ctx context.Context, prefix string, fn func(key string, value 
 	})
 }
 
-// Close stops the periodic sync, syncs once more,
-// and closes Badger.
+// callUser calls the caller's fn, marking a panic in it as the caller's
+// for guard.
+func callUser(fn func(key string, value []byte) error, k string, v []byte) error {
+	defer func() {
+		if r := recover(); r != nil {
+			panic(userPanic{r})
+		}
+	}()
+	return fn(k, v)
+}
+
+// Close stops the periodic sync, syncs once more, and closes Badger.
+// Close never waits on Badger without bound: Badger's flush goroutine
+// retries a table it cannot write forever, and its Close waits for it.
+// Once the DB has failed, Close waits at most closeWait (a healthy DB
+// closeWaitHealthy, which flushing the memtables takes well within) and
+// then abandons Badger, returning an error wrapping ErrFailed: Badger's
+// goroutines and the directory lock are left to the process's exit, so
+// only another process (a restart) can reopen the directory. Nothing
+// acknowledged is lost: it is in the write-ahead logs.
 func (b *DB) Close() error {
 	close(b.stop)
 	b.wg.Wait()
-	return b.db.Close()
+	wait := closeWait
+	if b.failure() == nil {
+		wait = closeWaitHealthy
+	}
+	done := make(chan error, 1)
+	go func() {
+		// Not through guard: a failed DB still tries to close Badger, to
+		// release the directory if it can.
+		defer func() {
+			if r := recover(); r != nil {
+				done <- b.fail("close", fmt.Errorf("panic in badger: %v", r))
+			}
+		}()
+		done <- b.db.Close()
+	}()
+	select {
+	case err := <-done:
+		if f := b.failure(); f != nil && !errors.Is(err, ErrFailed) {
+			return errors.Join(f, err)
+		}
+		return err
+	case <-time.After(wait):
+		return fmt.Errorf("%w; badger did not close within %v and was abandoned", b.fail("close", errors.New("badger's close hung")), wait)
+	}
 }
 
 // DiskUsage returns the bytes the data directory's files
