@@ -27,6 +27,7 @@ type storeFlags struct {
 	redisPrefix string // Redis key prefix; "" means redisstore.DefaultPrefix
 	cluster     bool   // -redis names the seed nodes of a Redis Cluster
 	sentinel    string // -redis names the Sentinels of this master
+	postgres    string // Postgres URL (postgres.go)
 	defaultData string // data directory used when neither -data nor -redis is given; "" means one is required
 }
 
@@ -37,6 +38,7 @@ func addStoreFlags(fs *flag.FlagSet) *storeFlags {
 	fs.StringVar(&f.redisPrefix, "redis-prefix", "", "Redis key `PREFIX` of the store, with -redis (default \""+redisstore.DefaultPrefix+"\")")
 	fs.BoolVar(&f.cluster, "redis-cluster", false, "-redis names seed nodes of a Redis Cluster (host:port,host:port or a URL with addr= parameters)")
 	fs.StringVar(&f.sentinel, "redis-sentinel", "", "-redis names the Sentinels (host:port,host:port or a URL) of the master `NAME`")
+	addPostgresFlag(fs, f)
 	return f
 }
 
@@ -54,6 +56,9 @@ const (
 
 // check reports how f was misused, as a usage error.
 func (f *storeFlags) check() error {
+	if f.postgres != "" {
+		return f.checkPostgres()
+	}
 	switch {
 	case f.data != "" && f.redis != "":
 		return usageErr("-data and -redis are mutually exclusive: pass one")
@@ -74,7 +79,7 @@ func (f *storeFlags) check() error {
 // notWithAdmin refuses -data and -redis beside -admin ADDR, which names
 // the store another way.
 func (f *storeFlags) notWithAdmin(admin string) error {
-	if admin != "" && (f.data != "" || f.redis != "") {
+	if admin != "" && (f.data != "" || f.redis != "" || f.postgres != "") {
 		return usageErr("-admin and -data or -redis are mutually exclusive: pass one")
 	}
 	return nil
@@ -84,6 +89,8 @@ func (f *storeFlags) notWithAdmin(admin string) error {
 // ADDR, prefix P".
 func (f *storeFlags) String() string {
 	switch {
+	case f.postgres != "":
+		return "Postgres at " + redactPostgres(f.postgres)
 	case f.cluster:
 		return fmt.Sprintf("Redis Cluster at %s, prefix %q", redactURL(f.redis), f.prefix())
 	case f.sentinel != "":
@@ -151,6 +158,9 @@ func (f *storeFlags) open(opts *idem.Options) (*idem.Store, error) {
 	}
 	if f.redis != "" {
 		return f.openRedis(opts)
+	}
+	if f.postgres != "" {
+		return f.openPostgres(opts)
 	}
 	dir := f.dir()
 	s, err := idem.Open(dir, opts)
