@@ -18,9 +18,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/idemdb/idem"
-	"github.com/idemdb/idem/internal/storeinternal"
 	"github.com/idemdb/idem/idemtest"
 	"github.com/idemdb/idem/internal/pgtest"
+	"github.com/idemdb/idem/internal/storeinternal"
 	"github.com/idemdb/idem/pgstore"
 )
 
