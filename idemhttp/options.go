@@ -127,7 +127,8 @@ type Options struct {
 	ExpiresHeader string
 
 	// Logger receives a line for every store error and lost lease. Nil
-	// means slog.Default().
+	// means silent, as with idem.Options.Logger: pass the store's logger
+	// (or slog.Default()) to see them.
 	Logger *slog.Logger
 }
 
@@ -181,7 +182,7 @@ func (o *Options) config() config {
 		panic(fmt.Sprintf("idemhttp: Options.ExpiresHeader %q is not a header name", c.ExpiresHeader))
 	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }
