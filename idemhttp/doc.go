@@ -69,6 +69,17 @@
 // a cause wrapping idem.ErrLeaseLost. Options.TTL sets how long records of
 // a route are kept (payments 7 days, say), through idem.WithTTL.
 //
+// A handler whose lease lapsed and whose key another request took over
+// (on another instance, say) may still finish. The store then refuses its
+// outcome (fencing), and its response, kept in memory until then, is not
+// sent: the client gets what the key holds now instead. The newer
+// request's stored outcome is replayed (with "Idempotent-Replayed: true");
+// a newer request still running gives 409 with Retry-After; a key that was
+// deleted or released, or whose newer run failed and may be retried,
+// gives 409 ProblemLeaseLost with Retry-After. A response that was
+// streamed, hijacked or too large to keep has reached the client already,
+// so this protection does not cover it.
+//
 // # Client
 //
 // Transport gives POST and PATCH requests a key when they have none, and

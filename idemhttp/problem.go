@@ -42,6 +42,12 @@ const (
 	// the end (the client broke off or sent malformed chunks); the handler
 	// was not run.
 	ProblemBodyUnreadable = problemBase + "body-unreadable"
+	// ProblemLeaseLost (409): the request ran, but its lease lapsed and
+	// another request with the key took it over (or the key was deleted)
+	// before its outcome was stored, and what the key holds now cannot be
+	// replayed. Retry-After says when to retry with the same key, which
+	// replays the key's outcome or runs the request again.
+	ProblemLeaseLost = problemBase + "lease-lost"
 )
 
 var problemTitles = map[string]string{
@@ -54,6 +60,7 @@ var problemTitles = map[string]string{
 	ProblemStoreUnavailable: "Idempotency store unavailable",
 	ProblemCorrupt:          "Stored response cannot be read",
 	ProblemBodyUnreadable:   "Request body unreadable",
+	ProblemLeaseLost:        "The request lost its idempotency key before its outcome was stored",
 }
 
 // Problem is an application/problem+json body (RFC 9457) as the middleware
