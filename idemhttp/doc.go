@@ -27,7 +27,13 @@
 //   - the store cannot be asked (closed, disk or network failure): 503 and
 //     the handler is not run.
 //
-// Errors are application/problem+json (RFC 9457), of the Problem* types.
+// Errors are application/problem+json (RFC 9457), of the Problem* types,
+// whose links lead to idemhttp's README.md: a section per problem saying
+// what the client should do. Options.ProblemTypeBase points them at the
+// service's own documentation instead, and Options.DescribedBy adds a
+// `Link: <...>; rel="describedby"` header to every error. PolicyHandler
+// publishes the service's idempotency policy (header, methods, key format,
+// expiry) as JSON, as the draft asks (section 2.5.2).
 //
 // # Scope
 //

@@ -114,7 +114,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		return // the client has gone away
 	case err != nil:
 		m.cfg.Logger.Error("idemhttp: store unavailable", "key", skey, "err", err)
-		p := problemResponse(ProblemStoreUnavailable, http.StatusServiceUnavailable, key,
+		p := m.cfg.problemResponse(ProblemStoreUnavailable, http.StatusServiceUnavailable, key,
 			"the idempotency store could not be reached, so the request was not run; retry with the same key")
 		p.header.Set("Retry-After", "1")
 		m.write(w, p, false, time.Time{})
@@ -136,7 +136,7 @@ func (m *middleware) inProgress(w http.ResponseWriter, key string, rec *idem.Rec
 		retryAfter = DefaultRetryAfter
 	}
 	wait := max(int(math.Ceil(retryAfter(rec, m.now()).Seconds())), 1)
-	p := problemResponse(ProblemInProgress, http.StatusConflict, key,
+	p := m.cfg.problemResponse(ProblemInProgress, http.StatusConflict, key,
 		fmt.Sprintf("a request with this key is still running; retry after %s", seconds(wait)))
 	p.header.Set("Retry-After", strconv.Itoa(wait))
 	m.write(w, p, false, time.Time{})
@@ -170,7 +170,7 @@ func (m *middleware) replay(w http.ResponseWriter, key string, rec *idem.Record)
 	if rec.State == idem.StateFailed && len(rec.Response) == 0 {
 		// Stored without a response by another writer of the store (Do
 		// ends an oversized response this way).
-		m.write(w, notStored(key, "the response was not recorded"), true, rec.ExpiresAt)
+		m.write(w, m.notStored(key, "the response was not recorded"), true, rec.ExpiresAt)
 		return
 	}
 	resp, err := decodeResponse(rec.Response)
@@ -183,8 +183,8 @@ func (m *middleware) replay(w http.ResponseWriter, key string, rec *idem.Record)
 	m.write(w, resp, true, rec.ExpiresAt)
 }
 
-func notStored(key, why string) *response {
-	return problemResponse(ProblemNotStored, http.StatusUnprocessableEntity, key,
+func (m *middleware) notStored(key, why string) *response {
+	return m.cfg.problemResponse(ProblemNotStored, http.StatusUnprocessableEntity, key,
 		"the request with this key ran, but its response could not be stored ("+why+"), so it cannot be replayed; it is not run again: check the outcome another way")
 }
 
@@ -265,7 +265,7 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if m.cfg.PassThroughUnstored {
 		err = lease.Release(endCtx)
 	} else {
-		err = lease.Fail(endCtx, encodeResponse(notStored(key, c.unstored)), false)
+		err = lease.Fail(endCtx, encodeResponse(m.notStored(key, c.unstored)), false)
 	}
 	if err != nil {
 		m.logEndFailed(lease, "of an unstored response ("+c.unstored+"), which the client has already received,", err)
@@ -319,7 +319,7 @@ func (m *middleware) answerLost(ctx context.Context, w http.ResponseWriter, key,
 		m.replay(w, key, rec)
 		return
 	}
-	p := problemResponse(ProblemLeaseLost, http.StatusConflict, key,
+	p := m.cfg.problemResponse(ProblemLeaseLost, http.StatusConflict, key,
 		"the request ran, but another request with this key took it over before its outcome was stored, so its response is not sent; "+why)
 	p.header.Set("Retry-After", "1")
 	m.write(w, p, false, time.Time{})
@@ -350,7 +350,7 @@ func (m *middleware) expiry(ctx context.Context, r *http.Request, key string, ou
 }
 
 func (m *middleware) problem(w http.ResponseWriter, typ string, status int, key, detail string) {
-	m.write(w, problemResponse(typ, status, key, detail), false, time.Time{})
+	m.write(w, m.cfg.problemResponse(typ, status, key, detail), false, time.Time{})
 }
 
 // write sends resp. Stored headers replace any of the same name set by

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -126,6 +127,21 @@ type Options struct {
 	// HTTP date. Empty means no such header.
 	ExpiresHeader string
 
+	// ProblemTypeBase is the start of the "type" of every problem the
+	// middleware answers with; the problem's name (invalid-key,
+	// in-progress, ...) follows it. Point it at the service's own
+	// documentation: "https://api.example.com/docs/idempotency#" for one
+	// page with a section per name, or ".../problems/" for a page each.
+	// Empty means DefaultProblemTypeBase, idemhttp's README, which
+	// documents every problem.
+	ProblemTypeBase string
+	// DescribedBy, when set, is a URL (absolute, or a path on the service)
+	// that every problem the middleware answers with links to, in
+	// `Link: <DescribedBy>; rel="describedby"`, as the draft suggests: the
+	// service's idempotency documentation, or where PolicyHandler is
+	// mounted. Empty means no Link header.
+	DescribedBy string
+
 	// Logger receives a line for every store error and lost lease. Nil
 	// means silent, as with idem.Options.Logger: pass the store's logger
 	// (or slog.Default()) to see them.
@@ -180,6 +196,17 @@ func (o *Options) config() config {
 	}
 	if c.ExpiresHeader != "" && strings.ContainsAny(c.ExpiresHeader, " \t\r\n:") {
 		panic(fmt.Sprintf("idemhttp: Options.ExpiresHeader %q is not a header name", c.ExpiresHeader))
+	}
+	if c.ProblemTypeBase == "" {
+		c.ProblemTypeBase = DefaultProblemTypeBase
+	}
+	if _, err := url.Parse(c.ProblemTypeBase); err != nil || strings.ContainsAny(c.ProblemTypeBase, " \t\r\n\"") {
+		panic(fmt.Sprintf("idemhttp: Options.ProblemTypeBase %q is not a URL", c.ProblemTypeBase))
+	}
+	if c.DescribedBy != "" {
+		if _, err := url.Parse(c.DescribedBy); err != nil || strings.ContainsAny(c.DescribedBy, " \t\r\n<>\"") {
+			panic(fmt.Sprintf("idemhttp: Options.DescribedBy %q is not a URL that can go in a Link header", c.DescribedBy))
+		}
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
