@@ -88,9 +88,11 @@
 //
 // # Client
 //
-// Transport gives POST and PATCH requests a key when they have none, and
-// retries network errors, 409 and 503 with that key, with backoff and
-// jitter, honouring Retry-After:
+// Transport sends the key of POST and PATCH requests as the draft's
+// quoted Structured Field string, giving each a fresh key when it has
+// none, and retries network errors, 409, 429 and 5xx with that key and the
+// same body, with bounded, jittered exponential backoff, honouring
+// Retry-After (up to Transport.MaxRetryAfter):
 //
 //	client := &http.Client{Transport: &idemhttp.Transport{}}
 package idemhttp
