@@ -89,6 +89,9 @@ type Options struct {
 	// CanonicalJSON fingerprints bodies that are valid JSON in canonical
 	// form, so that key order and whitespace do not make a retry look like
 	// another request. False means the body's bytes are hashed as they are.
+	// The cost is linear in the body, with no tree of values built: about
+	// 5-6 ms and 1-4.5 MB of allocation for 1 MiB of small values
+	// (BenchmarkCanonicalJSON), against about 1 ms to hash the bytes.
 	CanonicalJSON bool
 	// MaxBodyBytes is the largest request body read for the fingerprint; a
 	// larger body gets 413 and the handler is not run. Zero means 1 MiB.
