@@ -2,9 +2,11 @@ package idemhttp_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 
 	"github.com/idemdb/idem/idemhttp"
@@ -93,4 +95,59 @@ func BenchmarkReplayInProcess(b *testing.B) {
 		h.ServeHTTP(httptest.NewRecorder(), req)
 		run(b, h)
 	})
+}
+
+// canonicalBodies are 1 MiB JSON bodies of small values, the costly shape
+// for a canonicaliser: an array of small objects, an array of small
+// numbers, and one object of many keys in reverse order.
+func canonicalBodies() map[string][]byte {
+	const size = 1 << 20
+	objects := []byte("[")
+	for i := 0; len(objects) < size-64; i++ {
+		if i > 0 {
+			objects = append(objects, ',')
+		}
+		objects = fmt.Appendf(objects, `{"tag":"t%d","id":%d,"ok":true}`, i%10, i)
+	}
+	objects = append(objects, ']')
+	numbers := []byte("[")
+	for i := 0; len(numbers) < size-8; i++ {
+		if i > 0 {
+			numbers = append(numbers, ',')
+		}
+		numbers = strconv.AppendInt(numbers, int64(i%100), 10)
+	}
+	numbers = append(numbers, ']')
+	keys := []byte("{")
+	for i := 0; len(keys) < size-32; i++ {
+		if i > 0 {
+			keys = append(keys, ',')
+		}
+		keys = fmt.Appendf(keys, `"k%07d":%d`, 1<<24-i, i%10) // in reverse order
+	}
+	keys = append(keys, '}')
+	return map[string][]byte{"objects": objects, "numbers": numbers, "keys": keys}
+}
+
+// BenchmarkCanonicalJSON measures the fingerprint of a 1 MiB JSON body
+// with Options.CanonicalJSON (hash=canonical) against hashing the body's
+// bytes as they are (hash=raw), the baseline, in the same run.
+func BenchmarkCanonicalJSON(b *testing.B) {
+	bodies := canonicalBodies()
+	for _, name := range []string{"objects", "numbers", "keys"} {
+		body := bodies[name]
+		for _, canonical := range []bool{false, true} {
+			mode := "raw"
+			if canonical {
+				mode = "canonical"
+			}
+			b.Run(fmt.Sprintf("body=%s/hash=%s", name, mode), func(b *testing.B) {
+				b.SetBytes(int64(len(body)))
+				b.ReportAllocs()
+				for b.Loop() {
+					idemhttp.Fingerprint(http.MethodPost, "/payments", body, canonical)
+				}
+			})
+		}
+	}
 }

@@ -27,7 +27,13 @@
 //   - the store cannot be asked (closed, disk or network failure): 503 and
 //     the handler is not run.
 //
-// Errors are application/problem+json (RFC 9457), of the Problem* types.
+// Errors are application/problem+json (RFC 9457), of the Problem* types,
+// whose links lead to idemhttp's README.md: a section per problem saying
+// what the client should do. Options.ProblemTypeBase points them at the
+// service's own documentation instead, and Options.DescribedBy adds a
+// `Link: <...>; rel="describedby"` header to every error. PolicyHandler
+// publishes the service's idempotency policy (header, methods, key format,
+// expiry) as JSON, as the draft asks (section 2.5.2).
 //
 // # Scope
 //
@@ -69,11 +75,24 @@
 // a cause wrapping idem.ErrLeaseLost. Options.TTL sets how long records of
 // a route are kept (payments 7 days, say), through idem.WithTTL.
 //
+// A handler whose lease lapsed and whose key another request took over
+// (on another instance, say) may still finish. The store then refuses its
+// outcome (fencing), and its response, kept in memory until then, is not
+// sent: the client gets what the key holds now instead. The newer
+// request's stored outcome is replayed (with "Idempotent-Replayed: true");
+// a newer request still running gives 409 with Retry-After; a key that was
+// deleted or released, or whose newer run failed and may be retried,
+// gives 409 ProblemLeaseLost with Retry-After. A response that was
+// streamed, hijacked or too large to keep has reached the client already,
+// so this protection does not cover it.
+//
 // # Client
 //
-// Transport gives POST and PATCH requests a key when they have none, and
-// retries network errors, 409 and 503 with that key, with backoff and
-// jitter, honouring Retry-After:
+// Transport sends the key of POST and PATCH requests as the draft's
+// quoted Structured Field string, giving each a fresh key when it has
+// none, and retries network errors, 409, 429 and 5xx with that key and the
+// same body, with bounded, jittered exponential backoff, honouring
+// Retry-After (up to Transport.MaxRetryAfter):
 //
 //	client := &http.Client{Transport: &idemhttp.Transport{}}
 package idemhttp

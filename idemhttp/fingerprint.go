@@ -1,10 +1,8 @@
 package idemhttp
 
 import (
-	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/json"
 	"hash"
 	"io"
 )
@@ -35,25 +33,4 @@ func writeField(h hash.Hash, b []byte) {
 	var n [binary.MaxVarintLen64]byte
 	h.Write(n[:binary.PutUvarint(n[:], uint64(len(b)))])
 	h.Write(b)
-}
-
-// canonicalizeJSON returns body in canonical form, or false when body is
-// not a single valid JSON value.
-func canonicalizeJSON(body []byte) ([]byte, bool) {
-	d := json.NewDecoder(bytes.NewReader(body))
-	d.UseNumber()
-	var v any
-	if err := d.Decode(&v); err != nil {
-		return nil, false
-	}
-	if _, err := d.Token(); err != io.EOF {
-		return nil, false // trailing data
-	}
-	// encoding/json writes map keys sorted and no whitespace; json.Number
-	// keeps the number's text.
-	out, err := json.Marshal(v)
-	if err != nil {
-		return nil, false
-	}
-	return out, true
 }

@@ -104,15 +104,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	lease, rec, err := m.s.Begin(ctx, skey, fp)
 	switch {
 	case errors.Is(err, idem.ErrInProgress) && rec != nil:
-		retryAfter := m.cfg.RetryAfter
-		if retryAfter == nil {
-			retryAfter = DefaultRetryAfter
-		}
-		wait := max(int(math.Ceil(retryAfter(rec, m.now()).Seconds())), 1)
-		p := problemResponse(ProblemInProgress, http.StatusConflict, key,
-			fmt.Sprintf("a request with this key is still running; retry after %s", seconds(wait)))
-		p.header.Set("Retry-After", strconv.Itoa(wait))
-		m.write(w, p, false, time.Time{})
+		m.inProgress(w, key, rec)
 		return
 	case errors.Is(err, idem.ErrFingerprintMismatch):
 		m.problem(w, ProblemKeyReused, http.StatusUnprocessableEntity, key,
@@ -122,7 +114,7 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		return // the client has gone away
 	case err != nil:
 		m.cfg.Logger.Error("idemhttp: store unavailable", "key", skey, "err", err)
-		p := problemResponse(ProblemStoreUnavailable, http.StatusServiceUnavailable, key,
+		p := m.cfg.problemResponse(ProblemStoreUnavailable, http.StatusServiceUnavailable, key,
 			"the idempotency store could not be reached, so the request was not run; retry with the same key")
 		p.header.Set("Retry-After", "1")
 		m.write(w, p, false, time.Time{})
@@ -133,7 +125,21 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 	}
 
 	r.Body = io.NopCloser(bytes.NewReader(body))
-	m.run(ctx, w, r, next, key, lease)
+	m.run(ctx, w, r, next, key, fp, lease)
+}
+
+// inProgress answers 409 for key, whose record rec is still running, with
+// a Retry-After.
+func (m *middleware) inProgress(w http.ResponseWriter, key string, rec *idem.Record) {
+	retryAfter := m.cfg.RetryAfter
+	if retryAfter == nil {
+		retryAfter = DefaultRetryAfter
+	}
+	wait := max(int(math.Ceil(retryAfter(rec, m.now()).Seconds())), 1)
+	p := m.cfg.problemResponse(ProblemInProgress, http.StatusConflict, key,
+		fmt.Sprintf("a request with this key is still running; retry after %s", seconds(wait)))
+	p.header.Set("Retry-After", strconv.Itoa(wait))
+	m.write(w, p, false, time.Time{})
 }
 
 // readBody reads the whole request body, at most MaxBodyBytes of it.
@@ -164,7 +170,7 @@ func (m *middleware) replay(w http.ResponseWriter, key string, rec *idem.Record)
 	if rec.State == idem.StateFailed && len(rec.Response) == 0 {
 		// Stored without a response by another writer of the store (Do
 		// ends an oversized response this way).
-		m.write(w, notStored(key, "the response was not recorded"), true, rec.ExpiresAt)
+		m.write(w, m.notStored(key, "the response was not recorded"), true, rec.ExpiresAt)
 		return
 	}
 	resp, err := decodeResponse(rec.Response)
@@ -177,13 +183,22 @@ func (m *middleware) replay(w http.ResponseWriter, key string, rec *idem.Record)
 	m.write(w, resp, true, rec.ExpiresAt)
 }
 
-func notStored(key, why string) *response {
-	return problemResponse(ProblemNotStored, http.StatusUnprocessableEntity, key,
+func (m *middleware) notStored(key, why string) *response {
+	return m.cfg.problemResponse(ProblemNotStored, http.StatusUnprocessableEntity, key,
 		"the request with this key ran, but its response could not be stored ("+why+"), so it cannot be replayed; it is not run again: check the outcome another way")
 }
 
 // run runs the handler under lease and ends the lease by the outcome.
-func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, lease *idem.Lease) {
+//
+// The handler writes to a capture, which keeps the response in memory, so
+// the client gets it only after the outcome is stored. When storing it is
+// refused because the lease was lost (the lease lapsed and a newer request
+// took the key over, or the key was deleted), the handler's response is
+// not sent: the key's outcome is now the newer holder's, and the client
+// gets that instead (see answerLost). A response the handler streamed
+// (Flush), hijacked or made larger than the store's MaxResponseSize has
+// reached the client already and cannot be taken back.
+func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, fp []byte, lease *idem.Lease) {
 	// Renewal outlives the client's connection (Lease.KeepAlive): a
 	// handler past its side effect may finish after the client has gone,
 	// and a lapsed lease would let the client's retry run it again.
@@ -201,7 +216,7 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 				stopRenew()
 				// The handler failed: leave the key to the client's retry.
 				if err := lease.Fail(endCtx, nil, true); err != nil {
-					m.cfg.Logger.Error("idemhttp: ending the key after a panic", "key", lease.Key(), "err", err)
+					m.logEndFailed(lease, "after a panic", err)
 				}
 				panic(p)
 			}
@@ -210,7 +225,6 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}()
 	stopRenew()
 
-	var expires time.Time
 	if c.unstored == "" {
 		resp := c.response()
 		data := encodeResponse(resp)
@@ -229,9 +243,16 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 			default:
 				err = lease.Fail(endCtx, data, true)
 			}
-			if err != nil {
-				m.cfg.Logger.Error("idemhttp: storing the response failed; a retry will run the request again", "key", lease.Key(), "status", resp.status, "err", err)
-			} else if outcome != Retry {
+			var expires time.Time
+			switch {
+			case errors.Is(err, idem.ErrLeaseLost):
+				m.cfg.Logger.Warn("idemhttp: the key was taken over while the handler ran, so its response was refused and is not sent; the client gets the key's stored outcome instead",
+					"key", lease.Key(), "status", resp.status, "err", err)
+				m.answerLost(endCtx, w, key, lease.Key(), fp)
+				return
+			case err != nil:
+				m.logEndFailed(lease, fmt.Sprintf("with status %d", resp.status), err)
+			case outcome != Retry:
 				expires = m.expiry(endCtx, r, lease.Key(), outcome)
 			}
 			m.write(w, sent, false, expires)
@@ -244,11 +265,64 @@ func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if m.cfg.PassThroughUnstored {
 		err = lease.Release(endCtx)
 	} else {
-		err = lease.Fail(endCtx, encodeResponse(notStored(key, c.unstored)), false)
+		err = lease.Fail(endCtx, encodeResponse(m.notStored(key, c.unstored)), false)
 	}
 	if err != nil {
-		m.cfg.Logger.Error("idemhttp: ending the key of an unstored response", "key", lease.Key(), "err", err)
+		m.logEndFailed(lease, "of an unstored response ("+c.unstored+"), which the client has already received,", err)
 	}
+}
+
+// logEndFailed logs that ending lease (the what of it) failed with err,
+// and what that means for the next request with the key.
+func (m *middleware) logEndFailed(lease *idem.Lease, what string, err error) {
+	msg := "idemhttp: ending the key " + what + " failed"
+	if errors.Is(err, idem.ErrLeaseLost) {
+		// Fencing refused the write: the key is another request's now.
+		m.cfg.Logger.Warn(msg+"; the key had been taken over by a newer request (or deleted), whose outcome stands", "key", lease.Key(), "err", err)
+		return
+	}
+	// Unless the write reached the store after all (a timeout can hide
+	// that), the record stays in progress until the lease lapses, and the
+	// first retry after that takes the key over and runs the request again.
+	m.cfg.Logger.Error(msg+"; unless the write reached the store, the key stays in progress until its lease lapses, and a retry after that runs the request again",
+		"key", lease.Key(), "lease_until", lease.Until(), "err", err)
+}
+
+// answerLost answers a request whose handler ran but whose lease was lost
+// before its outcome was stored: never with the handler's response, which
+// the store refused, but with what the key holds now (skey is its stored
+// key, fp the request's fingerprint). A finished outcome that a retry
+// would be given (completed, or failed and not retryable) is replayed;
+// a newer request still running gets 409 with Retry-After, as a duplicate
+// would. Otherwise (the key was deleted or released, the newer request
+// failed and may be retried, the key now holds another request, or the
+// store cannot be read) the client gets 409 ProblemLeaseLost with
+// Retry-After: a retry with the same key is answered from the store, or
+// runs the request again.
+func (m *middleware) answerLost(ctx context.Context, w http.ResponseWriter, key, skey string, fp []byte) {
+	rec, err := m.s.Get(ctx, skey)
+	var why string
+	switch {
+	case errors.Is(err, idem.ErrNotFound):
+		why = "the key was deleted or released since, so a retry with it runs the request again"
+	case err != nil:
+		m.cfg.Logger.Error("idemhttp: reading the outcome of a taken-over key", "key", skey, "err", err)
+		why = "the key's current outcome could not be read; a retry with it gets that outcome, or runs the request again"
+	case !bytes.Equal(rec.Fingerprint, fp):
+		why = "the key now belongs to another request"
+	case rec.State == idem.StateInProgress:
+		m.inProgress(w, key, rec)
+		return
+	case rec.State == idem.StateFailed && rec.Retryable:
+		why = "a newer run of it failed in a way that may be retried, so a retry with the key runs the request again"
+	default:
+		m.replay(w, key, rec)
+		return
+	}
+	p := m.cfg.problemResponse(ProblemLeaseLost, http.StatusConflict, key,
+		"the request ran, but another request with this key took it over before its outcome was stored, so its response is not sent; "+why)
+	p.header.Set("Retry-After", "1")
+	m.write(w, p, false, time.Time{})
 }
 
 // expiry returns when the record just stored under key for r with outcome
@@ -276,7 +350,7 @@ func (m *middleware) expiry(ctx context.Context, r *http.Request, key string, ou
 }
 
 func (m *middleware) problem(w http.ResponseWriter, typ string, status int, key, detail string) {
-	m.write(w, problemResponse(typ, status, key, detail), false, time.Time{})
+	m.write(w, m.cfg.problemResponse(typ, status, key, detail), false, time.Time{})
 }
 
 // write sends resp. Stored headers replace any of the same name set by

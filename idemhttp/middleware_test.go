@@ -112,7 +112,9 @@ func TestMalformedKey(t *testing.T) {
 		{"non-ASCII", "caf\xc3\xa9", "not visible ASCII"},
 		{"unclosed", `"abc`, "not closed"},
 		{"two values", "a,b", "more than one value"},
-		{"parameters", `"abc";x=1`, "parameters"},
+		{"bad parameter name", `"abc";X=1`, "parameter name"},
+		{"parameter without value", `"abc";x=`, "value missing"},
+		{"space before parameters", `"abc" ;x=1`, "unexpected"},
 		{"bad escape", `"a\b"`, "bad escape"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -127,10 +129,13 @@ func TestMalformedKey(t *testing.T) {
 	requireRecProblem(t, serve(h, r), http.StatusBadRequest, idemhttp.ProblemInvalidKey, "2 Idempotency-Key headers")
 	require.EqualValues(t, 0, c.runs.Load())
 
-	// The quoted form and the bare token name the same key.
+	// The quoted form, the bare token and the quoted form with parameters
+	// name the same key.
 	serve(h, post("/payments", `"abc"`, "a"))
-	w := serve(h, post("/payments", "abc", "a"))
-	require.Equal(t, "true", w.Header().Get("Idempotent-Replayed"))
+	for _, v := range []string{"abc", `"abc";v=1`, `"abc"; v=1;flag;d=1.5;s="x";t=tok/1;b=:AQ==:;q=?0`} {
+		w := serve(h, post("/payments", v, "a"))
+		require.Equal(t, "true", w.Header().Get("Idempotent-Replayed"), v)
+	}
 	require.EqualValues(t, 1, c.runs.Load())
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -88,6 +89,9 @@ type Options struct {
 	// CanonicalJSON fingerprints bodies that are valid JSON in canonical
 	// form, so that key order and whitespace do not make a retry look like
 	// another request. False means the body's bytes are hashed as they are.
+	// The cost is linear in the body, with no tree of values built: about
+	// 5-6 ms and 1-4.5 MB of allocation for 1 MiB of small values
+	// (BenchmarkCanonicalJSON), against about 1 ms to hash the bytes.
 	CanonicalJSON bool
 	// MaxBodyBytes is the largest request body read for the fingerprint; a
 	// larger body gets 413 and the handler is not run. Zero means 1 MiB.
@@ -126,8 +130,24 @@ type Options struct {
 	// HTTP date. Empty means no such header.
 	ExpiresHeader string
 
+	// ProblemTypeBase is the start of the "type" of every problem the
+	// middleware answers with; the problem's name (invalid-key,
+	// in-progress, ...) follows it. Point it at the service's own
+	// documentation: "https://api.example.com/docs/idempotency#" for one
+	// page with a section per name, or ".../problems/" for a page each.
+	// Empty means DefaultProblemTypeBase, idemhttp's README, which
+	// documents every problem.
+	ProblemTypeBase string
+	// DescribedBy, when set, is a URL (absolute, or a path on the service)
+	// that every problem the middleware answers with links to, in
+	// `Link: <DescribedBy>; rel="describedby"`, as the draft suggests: the
+	// service's idempotency documentation, or where PolicyHandler is
+	// mounted. Empty means no Link header.
+	DescribedBy string
+
 	// Logger receives a line for every store error and lost lease. Nil
-	// means slog.Default().
+	// means silent, as with idem.Options.Logger: pass the store's logger
+	// (or slog.Default()) to see them.
 	Logger *slog.Logger
 }
 
@@ -180,8 +200,19 @@ func (o *Options) config() config {
 	if c.ExpiresHeader != "" && strings.ContainsAny(c.ExpiresHeader, " \t\r\n:") {
 		panic(fmt.Sprintf("idemhttp: Options.ExpiresHeader %q is not a header name", c.ExpiresHeader))
 	}
+	if c.ProblemTypeBase == "" {
+		c.ProblemTypeBase = DefaultProblemTypeBase
+	}
+	if _, err := url.Parse(c.ProblemTypeBase); err != nil || strings.ContainsAny(c.ProblemTypeBase, " \t\r\n\"") {
+		panic(fmt.Sprintf("idemhttp: Options.ProblemTypeBase %q is not a URL", c.ProblemTypeBase))
+	}
+	if c.DescribedBy != "" {
+		if _, err := url.Parse(c.DescribedBy); err != nil || strings.ContainsAny(c.DescribedBy, " \t\r\n<>\"") {
+			panic(fmt.Sprintf("idemhttp: Options.DescribedBy %q is not a URL that can go in a Link header", c.DescribedBy))
+		}
+	}
 	if c.Logger == nil {
-		c.Logger = slog.Default()
+		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return c
 }

@@ -4,14 +4,25 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"strings"
 )
 
 // Problem types (RFC 9457) of the errors the middleware answers with. Each
 // is the "type" member of an application/problem+json body, whose "title"
 // names the problem and whose "detail" says what was wrong with this
 // request.
+//
+// The constants are the types under the default Options.ProblemTypeBase,
+// DefaultProblemTypeBase. Each ends in the problem's name (invalid-key,
+// in-progress, ...), which idemhttp's README.md documents under a heading
+// of that name, saying what the client should do. A service that sets
+// ProblemTypeBase gets its base followed by the same names.
 const (
-	problemBase = "https://github.com/idemdb/idem/tree/main/idemhttp#"
+	// DefaultProblemTypeBase is the default Options.ProblemTypeBase: the
+	// idemhttp directory of the project's repository, whose README.md has
+	// a section for each problem.
+	DefaultProblemTypeBase = "https://github.com/idemdb/idem/tree/main/idemhttp#"
+	problemBase            = DefaultProblemTypeBase
 
 	// ProblemInvalidKey (400): the Idempotency-Key header is malformed.
 	ProblemInvalidKey = problemBase + "invalid-key"
@@ -42,6 +53,12 @@ const (
 	// the end (the client broke off or sent malformed chunks); the handler
 	// was not run.
 	ProblemBodyUnreadable = problemBase + "body-unreadable"
+	// ProblemLeaseLost (409): the request ran, but its lease lapsed and
+	// another request with the key took it over (or the key was deleted)
+	// before its outcome was stored, and what the key holds now cannot be
+	// replayed. Retry-After says when to retry with the same key, which
+	// replays the key's outcome or runs the request again.
+	ProblemLeaseLost = problemBase + "lease-lost"
 )
 
 var problemTitles = map[string]string{
@@ -54,6 +71,7 @@ var problemTitles = map[string]string{
 	ProblemStoreUnavailable: "Idempotency store unavailable",
 	ProblemCorrupt:          "Stored response cannot be read",
 	ProblemBodyUnreadable:   "Request body unreadable",
+	ProblemLeaseLost:        "The request lost its idempotency key before its outcome was stored",
 }
 
 // Problem is an application/problem+json body (RFC 9457) as the middleware
@@ -67,12 +85,23 @@ type Problem struct {
 	Key string `json:"idempotency_key,omitempty"`
 }
 
-// problemResponse builds the response for a problem of type typ.
-func problemResponse(typ string, status int, key, detail string) *response {
-	body, _ := json.Marshal(Problem{Type: typ, Title: problemTitles[typ], Status: status, Detail: detail, Key: key})
+// problemResponse builds the response for a problem of type typ (one of
+// the Problem constants), under the configured type base and with the
+// configured describedby link.
+func (c *config) problemResponse(typ string, status int, key, detail string) *response {
+	body, _ := json.Marshal(Problem{
+		Type:   c.ProblemTypeBase + strings.TrimPrefix(typ, problemBase),
+		Title:  problemTitles[typ],
+		Status: status,
+		Detail: detail,
+		Key:    key,
+	})
 	h := http.Header{}
 	h.Set("Content-Type", "application/problem+json")
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	h.Set("Cache-Control", "no-store")
+	if c.DescribedBy != "" {
+		h.Set("Link", "<"+c.DescribedBy+`>; rel="describedby"`)
+	}
 	return &response{status: status, header: h, body: body}
 }

@@ -1,9 +1,11 @@
 package idemhttp
 
 import (
+	"math"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -72,4 +74,31 @@ func FuzzDecodeResponse(f *testing.F) {
 			t.Fatalf("re-encoding changed the response: %v", err)
 		}
 	})
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tc := range []struct {
+		v  string
+		d  time.Duration
+		ok bool
+	}{
+		{"", 0, false},
+		{"0", 0, true},
+		{"7", 7 * time.Second, true},
+		{" 7 ", 7 * time.Second, true},
+		{"-1", 0, false},
+		{"1.5", 0, false},
+		{"soon", 0, false},
+		{"Fri, 02 Jan 2026 03:04:35 GMT", 30 * time.Second, true},                              // IMF-fixdate
+		{"Friday, 02-Jan-26 03:05:05 GMT", time.Minute, true},                                  // RFC 850
+		{"Fri Jan  2 03:04:15 2026", 10 * time.Second, true},                                   // asctime
+		{"Fri, 02 Jan 2026 03:00:00 GMT", 0, true},                                             // in the past: now
+		{"99999999999999999999", 0, false},                                                     // overflows
+		{"9999999999999", time.Duration(math.MaxInt64/int64(time.Second)) * time.Second, true}, // clamped
+	} {
+		d, ok := retryAfter(tc.v, now)
+		require.Equal(t, tc.ok, ok, tc.v)
+		require.Equal(t, tc.d, d, tc.v)
+	}
 }

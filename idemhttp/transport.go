@@ -1,30 +1,50 @@
 package idemhttp
 
 import (
+	"bytes"
 	"context"
 	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
 // Transport is an http.RoundTripper that makes POST and PATCH requests
-// safe to retry: it gives every such request without an idempotency key a
-// fresh one (a random UUID), and retries network errors, 409 (the key is
-// still running) and 503 (the server's store is unavailable) with the same
-// key, waiting with exponential backoff and full jitter, or for as long as
-// the response's Retry-After asks. It stops after MaxAttempts or when the
-// request's context ends. Other methods and other statuses pass through
-// once, and so does a 409 or 503 marked "Idempotent-Replayed: true" (the
-// stored outcome of the request, which a retry would only replay).
+// safe to retry. It sends each such request's idempotency key as a
+// Structured Field string (`Idempotency-Key: "8e03978e-..."`), as the
+// draft asks: the caller's key if the request has one (quoted or bare),
+// otherwise a fresh one (a random UUID). It then retries, with the same
+// key and body, what the server allows to be retried: network errors, 409
+// (the key is still running), 429 and 5xx, unless the response is marked
+// "Idempotent-Replayed: true" (the request's stored outcome, which a retry
+// would only replay again). It waits as long as the response's
+// Retry-After asks (seconds or an HTTP date), or, without one, a random
+// duration below an exponentially growing ceiling (full jitter). It stops
+// after MaxAttempts, when the request's context ends, or when a
+// Retry-After asks for longer than MaxRetryAfter; the last response (or
+// error) is returned. Other methods, and other statuses, pass through once.
 //
-// Replaying a request body needs req.GetBody, which http.NewRequest sets
-// for bytes, strings and bytes.Reader bodies; a request whose body cannot
-// be replayed is sent once, and a failure says that GetBody was missing.
+// A retry sends the body again: from req.GetBody, which http.NewRequest
+// sets for bytes, strings and bytes.Reader bodies, or else from a copy of
+// up to MaxBufferedBody bytes read before the first attempt. A larger body
+// without GetBody is sent once and not retried.
+//
+// RoundTrip returns an error, sending nothing, when the request's key is
+// malformed (empty, only whitespace, over 255 bytes, not visible ASCII),
+// when NewKey returns such a key, or when the request carries two
+// different keys. A key set under another spelling of the header name
+// (req.Header["idempotency-key"]) counts as the key, and exactly one
+// header is sent.
+//
+// Use it against servers that make requests idempotent by key (New does):
+// against one that ignores the key, a retry after a lost response runs the
+// request twice.
 //
 // The zero value is usable. A Transport is safe for simultaneous use by
 // multiple goroutines.
@@ -43,13 +63,26 @@ type Transport struct {
 	// doubles each attempt up to MaxBackoff, and the wait is a random
 	// duration below the ceiling. Zero means 100ms.
 	MinBackoff time.Duration
-	// MaxBackoff caps the backoff, and any Retry-After the server asks
-	// for. Zero means 10s.
+	// MaxBackoff caps the backoff ceiling. Zero means 10s.
 	MaxBackoff time.Duration
-	// NewKey returns a fresh key for a request without one. Nil means a
-	// random (version 4) UUID.
+	// MaxRetryAfter is the longest Retry-After the Transport waits for
+	// before retrying; a response that asks for longer is returned to the
+	// caller as it is, rather than retried early. Zero means 30s (the
+	// store's default lease, the longest a 409 from New asks for by
+	// default).
+	MaxRetryAfter time.Duration
+	// MaxBufferedBody is the largest body, without GetBody, that is read
+	// into memory so that retries can send it again. Zero means 1 MiB;
+	// negative means never: such bodies are sent once.
+	MaxBufferedBody int64
+	// NewKey returns a fresh key for a request without one. It must
+	// return 1 to 255 bytes of visible ASCII, or RoundTrip fails. Nil
+	// means a random (version 4) UUID.
 	NewKey func() string
 }
+
+// DefaultMaxBufferedBody is the default Transport.MaxBufferedBody.
+const DefaultMaxBufferedBody = 1 << 20
 
 // RoundTrip sends req, retrying as the Transport's comment describes. It
 // does not modify req: each attempt is a clone with the key set.
@@ -65,44 +98,58 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if header == "" {
 		header = "Idempotency-Key"
 	}
+	header = http.CanonicalHeaderKey(header)
 	attempts := t.MaxAttempts
 	if attempts <= 0 {
 		attempts = 5
 	}
-	key := req.Header.Get(header)
-	if key == "" {
-		if t.NewKey != nil {
-			key = t.NewKey()
-		} else {
-			key = newUUID()
-		}
+	key, err := t.key(req.Header, header)
+	if err != nil {
+		closeBody(req)
+		return nil, fmt.Errorf("idemhttp: %s %s: %w", req.Method, req.URL.Redacted(), err)
+	}
+	value := FormatKey(key)
+	first, getBody, length, err := t.body(req)
+	if err != nil {
+		return nil, fmt.Errorf("idemhttp: %s %s with key %q: reading the body: %w", req.Method, req.URL.Redacted(), key, err)
 	}
 	ctx := req.Context()
-	hasBody := req.Body != nil && req.Body != http.NoBody
 	for attempt := 1; ; attempt++ {
 		r := req.Clone(ctx)
-		r.Header.Set(header, key)
-		if attempt > 1 && hasBody {
-			body, err := req.GetBody()
+		for name := range r.Header {
+			if strings.EqualFold(name, header) {
+				delete(r.Header, name)
+			}
+		}
+		r.Header[header] = []string{value}
+		r.ContentLength = length
+		if attempt == 1 {
+			r.Body = first
+		} else {
+			body, err := getBody()
 			if err != nil {
 				return nil, fmt.Errorf("idemhttp: %s %s: replaying the body for attempt %d: %w", req.Method, req.URL.Redacted(), attempt, err)
 			}
 			r.Body = body
 		}
 		resp, err := base.RoundTrip(r)
-		var wait time.Duration
+		wait := time.Duration(-1)
 		switch {
 		case err != nil:
 			if ctx.Err() != nil {
 				return nil, err
 			}
-		case (resp.StatusCode == http.StatusConflict || resp.StatusCode == http.StatusServiceUnavailable) &&
-			resp.Header.Get("Idempotent-Replayed") == "":
-			// A replayed 409 or 503 is the request's stored outcome, which
+		case !retryStatus(resp.StatusCode) || resp.Header.Get("Idempotent-Replayed") != "":
+			// A replayed response is the request's stored outcome, which
 			// a retry would only replay again.
-			wait = retryAfter(resp.Header.Get("Retry-After"), time.Now())
-		default:
 			return resp, nil
+		default:
+			if d, ok := retryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+				if d > t.maxRetryAfter() {
+					return resp, nil // the server asks for longer than we wait
+				}
+				wait = d
+			}
 		}
 		if attempt >= attempts {
 			if err != nil {
@@ -110,9 +157,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			}
 			return resp, nil
 		}
-		if hasBody && req.GetBody == nil {
+		if getBody == nil {
 			if err != nil {
-				return nil, fmt.Errorf("idemhttp: %s %s with key %q: cannot retry: the request has a body but no GetBody to replay it (build it with http.NewRequest and a bytes or strings reader, or set GetBody): %w", req.Method, req.URL.Redacted(), key, err)
+				return nil, fmt.Errorf("idemhttp: %s %s with key %q: cannot retry: the body has no GetBody and is over MaxBufferedBody (%d), so it cannot be sent again: %w", req.Method, req.URL.Redacted(), key, t.maxBuffered(), err)
 			}
 			return resp, nil
 		}
@@ -121,10 +168,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 		}
-		if wait <= 0 {
+		if wait < 0 {
 			wait = t.backoff(attempt)
 		}
-		wait = min(wait, t.maxBackoff())
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
@@ -132,6 +178,102 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, fmt.Errorf("idemhttp: %s %s with key %q: %w", req.Method, req.URL.Redacted(), key, context.Cause(ctx))
 		case <-timer.C:
 		}
+	}
+}
+
+// retryStatus reports whether a response with status may be retried with
+// the same key: 409 (still running), 429 and 5xx.
+func retryStatus(status int) bool {
+	return status == http.StatusConflict || status == http.StatusTooManyRequests || status >= 500
+}
+
+// key returns the key of a request with headers h, where header is the
+// canonical name of the key's header: the caller's, under any spelling of
+// the name, or a new one.
+func (t *Transport) key(h http.Header, header string) (string, error) {
+	var key string
+	found := false
+	for name, vals := range h {
+		if !strings.EqualFold(name, header) {
+			continue
+		}
+		for _, v := range vals {
+			k, err := ParseKey(v)
+			if err != nil {
+				return "", fmt.Errorf("the request's %s %q: %w", header, v, err)
+			}
+			if found && k != key {
+				return "", fmt.Errorf("%w: the request has two different %s values, %q and %q", ErrMalformedKey, header, key, k)
+			}
+			key, found = k, true
+		}
+	}
+	if found {
+		return key, nil
+	}
+	if t.NewKey == nil {
+		return newUUID(), nil
+	}
+	key = t.NewKey()
+	if err := checkKey(key); err != nil {
+		return "", fmt.Errorf("Transport.NewKey returned %q: %w", key, err)
+	}
+	return key, nil
+}
+
+// body returns the body of req's first attempt, a function returning the
+// body again for a retry (nil when it cannot be sent again), and the
+// attempts' ContentLength.
+func (t *Transport) body(req *http.Request) (first io.ReadCloser, again func() (io.ReadCloser, error), length int64, err error) {
+	if req.Body == nil || req.Body == http.NoBody {
+		return req.Body, func() (io.ReadCloser, error) { return req.Body, nil }, req.ContentLength, nil
+	}
+	if req.GetBody != nil {
+		return req.Body, req.GetBody, req.ContentLength, nil
+	}
+	limit := t.maxBuffered()
+	if limit < 0 || req.ContentLength > limit {
+		return req.Body, nil, req.ContentLength, nil
+	}
+	buf, err := io.ReadAll(io.LimitReader(req.Body, limit+1))
+	if err != nil {
+		req.Body.Close()
+		return nil, nil, 0, err
+	}
+	if int64(len(buf)) > limit {
+		// Too large to keep: send what was read and the rest, once.
+		rest := struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(buf), req.Body), req.Body}
+		return rest, nil, req.ContentLength, nil
+	}
+	req.Body.Close()
+	if len(buf) == 0 {
+		return http.NoBody, func() (io.ReadCloser, error) { return http.NoBody, nil }, 0, nil
+	}
+	again = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+	first, _ = again()
+	return first, again, int64(len(buf)), nil
+}
+
+func (t *Transport) maxBuffered() int64 {
+	if t.MaxBufferedBody == 0 {
+		return DefaultMaxBufferedBody
+	}
+	return t.MaxBufferedBody
+}
+
+func (t *Transport) maxRetryAfter() time.Duration {
+	if t.MaxRetryAfter > 0 {
+		return t.MaxRetryAfter
+	}
+	return 30 * time.Second
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
 	}
 }
 
@@ -168,19 +310,24 @@ func (t *Transport) backoff(attempt int) time.Duration {
 	return time.Duration(rand.Int64N(int64(ceil))) + 1
 }
 
-// retryAfter parses a Retry-After value (seconds or an HTTP date), or
-// returns 0.
-func retryAfter(v string, now time.Time) time.Duration {
+// retryAfter parses a Retry-After value, delay-seconds or an HTTP date
+// (RFC 9110 section 10.2.3), into a wait from now; ok is false when v is
+// absent or neither.
+func retryAfter(v string, now time.Time) (d time.Duration, ok bool) {
+	v = strings.TrimSpace(v)
 	if v == "" {
-		return 0
+		return 0, false
 	}
-	if s, err := strconv.Atoi(v); err == nil && s >= 0 {
-		return time.Duration(s) * time.Second
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if s < 0 {
+			return 0, false
+		}
+		return time.Duration(min(s, int64(math.MaxInt64/time.Second))) * time.Second, true
 	}
 	if t, err := http.ParseTime(v); err == nil {
-		return max(t.Sub(now), 0)
+		return max(t.Sub(now), 0), true
 	}
-	return 0
+	return 0, false
 }
 
 // newUUID returns a random version 4 UUID.

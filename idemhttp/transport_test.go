@@ -66,8 +66,8 @@ func (c *dropConn) Read(b []byte) (int, error) {
 	return 0, errReset
 }
 
-// keyRecorder is a handler behind the middleware that records the keys it
-// ran with.
+// keyRecorder is a handler behind the middleware that records the
+// Idempotency-Key header values it ran with, as sent.
 type keyRecorder struct {
 	mu   sync.Mutex
 	keys []string
@@ -89,7 +89,8 @@ func (k *keyRecorder) runs() []string {
 	return append([]string(nil), k.keys...)
 }
 
-var uuidRE = regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`)
+// quotedUUIDRE matches a random UUID sent as a Structured Field string.
+var quotedUUIDRE = regexp.MustCompile(`^"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"$`)
 
 func TestTransportRetriesWithOneKey(t *testing.T) {
 	s := openStore(t, nil)
@@ -111,7 +112,7 @@ func TestTransportRetriesWithOneKey(t *testing.T) {
 
 	keys := k.runs()
 	require.Len(t, keys, 1, "one execution server-side despite the retries")
-	require.Regexp(t, uuidRE, keys[0])
+	require.Regexp(t, quotedUUIDRE, keys[0], "sent quoted")
 	require.Equal(t, 4, dialer.dials, "two refused dials, one dropped reply, one replay")
 }
 
@@ -122,14 +123,17 @@ func TestTransportKeepsCallersKey(t *testing.T) {
 	defer srv.Close()
 	tr := &idemhttp.Transport{MinBackoff: time.Millisecond}
 	client := &http.Client{Transport: tr}
-	for range 2 {
+	// Bare or quoted, the caller's key is sent quoted; the second request
+	// is a replay of the first.
+	for _, v := range []string{"order-1", `"order-1"`} {
 		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/payments", strings.NewReader("5000"))
-		req.Header.Set("Idempotency-Key", "order-1")
+		req.Header.Set("Idempotency-Key", v)
 		resp, err := client.Do(req)
 		require.NoError(t, err)
 		resp.Body.Close()
+		require.Equal(t, v, req.Header.Get("Idempotency-Key"), "the caller's request is not modified")
 	}
-	require.Equal(t, []string{"order-1"}, k.runs())
+	require.Equal(t, []string{`"order-1"`}, k.runs())
 
 	// Without a key, each request gets its own.
 	for range 2 {
@@ -214,12 +218,54 @@ func TestTransportGivesUp(t *testing.T) {
 	require.Equal(t, 3, dialer.dials)
 }
 
-func TestTransportNeedsGetBody(t *testing.T) {
-	dialer := &flakyDialer{refuse: 10}
-	client := &http.Client{Transport: &idemhttp.Transport{Base: &http.Transport{DialContext: dialer.DialContext}, MinBackoff: time.Millisecond}}
-	req, _ := http.NewRequest(http.MethodPost, "http://127.0.0.1:1/payments", io.NopCloser(strings.NewReader("x")))
+// A body without GetBody is kept in memory, up to MaxBufferedBody, and
+// sent again on a retry; a larger one is sent once.
+func TestTransportReplaysBodyWithoutGetBody(t *testing.T) {
+	var bodies []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		bodies = append(bodies, string(b))
+		n := len(bodies)
+		mu.Unlock()
+		if n == 1 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	defer srv.Close()
+	client := &http.Client{Transport: &idemhttp.Transport{MinBackoff: time.Millisecond, MaxBufferedBody: 10}}
+
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, io.NopCloser(strings.NewReader("0123456789")))
 	require.Nil(t, req.GetBody)
-	_, err := client.Do(req)
+	resp, err := client.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusCreated, resp.StatusCode)
+	got := func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		b := bodies
+		bodies = nil
+		return b
+	}
+	require.Equal(t, []string{"0123456789", "0123456789"}, got(), "the retry sent the whole body again")
+
+	// One byte over the limit: sent once, whole, and the 503 returned.
+	req, _ = http.NewRequest(http.MethodPost, srv.URL, io.NopCloser(strings.NewReader("0123456789A")))
+	resp, err = client.Do(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Equal(t, []string{"0123456789A"}, got())
+
+	// A network error on such a body says why it was not retried.
+	dialer := &flakyDialer{refuse: 10}
+	client = &http.Client{Transport: &idemhttp.Transport{Base: &http.Transport{DialContext: dialer.DialContext}, MinBackoff: time.Millisecond, MaxBufferedBody: -1}}
+	req, _ = http.NewRequest(http.MethodPost, "http://127.0.0.1:1/payments", io.NopCloser(strings.NewReader("x")))
+	_, err = client.Do(req)
 	require.ErrorContains(t, err, "no GetBody")
 	require.Equal(t, 1, dialer.dials, "sent once")
 }
@@ -232,7 +278,7 @@ func TestTransportStopsWithContext(t *testing.T) {
 	defer srv.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	client := &http.Client{Transport: &idemhttp.Transport{MaxBackoff: time.Minute}}
+	client := &http.Client{Transport: &idemhttp.Transport{MaxRetryAfter: time.Minute}}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL, strings.NewReader("x"))
 	begin := time.Now()
 	_, err := client.Do(req)
