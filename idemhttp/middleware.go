@@ -102,6 +102,9 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 		ctx = idem.WithTTL(ctx, m.cfg.TTL(r))
 	}
 	lease, rec, err := m.s.Begin(ctx, skey, fp)
+	if errors.Is(err, idem.ErrInProgress) && rec != nil && m.cfg.WaitFor > 0 {
+		lease, rec, err = m.wait(ctx, skey, fp, rec)
+	}
 	switch {
 	case errors.Is(err, idem.ErrInProgress) && rec != nil:
 		m.inProgress(w, key, rec)
@@ -126,6 +129,24 @@ func (m *middleware) serve(w http.ResponseWriter, r *http.Request, next http.Han
 
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	m.run(ctx, w, r, next, key, fp, lease)
+}
+
+// wait waits, up to Options.WaitFor, for the request running under skey
+// to end, and then asks Begin again: the outcome is then a replay, or a
+// lease when the first request left the key retryable or its holder died.
+// When the wait ends first, or too many requests already wait, the answer
+// is ErrInProgress with the running record, as without the option.
+func (m *middleware) wait(ctx context.Context, skey string, fp []byte, running *idem.Record) (*idem.Lease, *idem.Record, error) {
+	wctx, cancel := context.WithTimeout(ctx, m.cfg.WaitFor)
+	defer cancel()
+	_, err := m.s.Wait(wctx, skey)
+	if err != nil && !errors.Is(err, idem.ErrNotFound) {
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, running, fmt.Errorf("idemhttp: wait: %w", idem.ErrInProgress)
+	}
+	return m.s.Begin(ctx, skey, fp)
 }
 
 // inProgress answers 409 for key, whose record rec is still running, with

@@ -124,6 +124,16 @@ type Options struct {
 	// safe to repeat.
 	PassThroughUnstored bool
 
+	// WaitFor makes a request that arrives while another with its key is
+	// still running wait up to WaitFor for that one's outcome, and answer
+	// with the replay, instead of a 409 at once: many clients never retry
+	// a 409. After WaitFor the answer is the 409. Zero means no wait. The
+	// waiting requests are bounded by the store (idem.Options.MaxWaiters;
+	// past it, a 409 at once); on one machine a waiter wakes the moment
+	// the outcome is stored, and across instances (Redis, Postgres) it
+	// reads the record again every idem.Options.WaitPoll.
+	WaitFor time.Duration
+
 	// ExpiresHeader, when set, names a response header (such as
 	// "Idempotency-Expires") that the middleware adds to stored and
 	// replayed responses, giving when the stored response expires as an
@@ -193,6 +203,9 @@ func (o *Options) config() config {
 	}
 	if c.LeaseTTL < 0 {
 		panic(fmt.Sprintf("idemhttp: Options.LeaseTTL is negative (%v)", c.LeaseTTL))
+	}
+	if c.WaitFor < 0 {
+		panic(fmt.Sprintf("idemhttp: Options.WaitFor is negative (%v)", c.WaitFor))
 	}
 	if c.Policy == nil {
 		c.Policy = DefaultPolicy
