@@ -110,11 +110,11 @@ func TestReclaimDecision(t *testing.T) {
 	}
 	require.NoError(t, wb.Flush())
 	require.Empty(t, b.Badger().Tables(), "the burst should still be in the memtables")
-	assert.Equal(t, uint64(4*live), b.countKeys(1<<30), "live, expired and deleted keys alike")
+	assert.Equal(t, uint64(4*live+1), b.countKeys(1<<30), "live, expired and deleted keys alike, and the epoch")
 
 	n, _ := collect(t, b)
 	assert.Equal(t, live-5, n)
-	assert.Equal(t, uint64(live-5), b.countKeys(1<<30), "expired entries and tombstones should be gone")
+	assert.Equal(t, uint64(live-5+1), b.countKeys(1<<30), "expired entries and tombstones should be gone")
 	assert.False(t, b.shouldReclaim(n))
 	v, err := b.Load(ctx, "live-10")
 	require.NoError(t, err)
@@ -199,4 +199,24 @@ func collect(t *testing.T, b *DB) (live int, after int64) {
 	_, after, err := b.CollectGarbage(context.Background(), live)
 	require.NoError(t, err)
 	return live, after
+}
+
+// Every read-write open numbers itself one past the last, durably; a
+// read-only open sees the last number; an in-memory DB is at 1.
+func TestEpoch(t *testing.T) {
+	dir := t.TempDir()
+	for want := uint64(1); want <= 3; want++ {
+		b, err := Open(Config{Dir: dir})
+		require.NoError(t, err)
+		assert.Equal(t, want, b.Epoch())
+		require.NoError(t, b.Close())
+	}
+	b, err := Open(Config{Dir: dir, ReadOnly: true})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(3), b.Epoch())
+	require.NoError(t, b.Close())
+	b, err = Open(Config{InMemory: true})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), b.Epoch())
+	require.NoError(t, b.Close())
 }

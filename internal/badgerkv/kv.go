@@ -67,9 +67,10 @@ type DB struct {
 	memPathsFid int       // the memFid of memPaths
 	fsyncFile   func(path string) error
 
-	stop chan struct{}
-	wg   sync.WaitGroup
-	dir  string
+	stop  chan struct{}
+	wg    sync.WaitGroup
+	dir   string
+	epoch uint64 // see Epoch
 	log  *slog.Logger
 
 	space  *spaceGuard               // nil: no check (in memory, read-only)
@@ -117,6 +118,12 @@ func Open(cfg Config) (*DB, error) {
 			reserve = DefaultReserve
 		}
 		b.space = newSpaceGuard(dir, reserve)
+	}
+	if cfg.InMemory {
+		b.epoch = 1
+	} else if b.epoch, err = b.bumpEpoch(cfg.ReadOnly); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open %s: epoch: %w", dir, err)
 	}
 	b.sync, b.fsyncFile = db.Sync, fsyncPath
 	if dir != "" {
