@@ -71,7 +71,7 @@ type DB struct {
 	wg    sync.WaitGroup
 	dir   string
 	epoch uint64 // see Epoch
-	log  *slog.Logger
+	log   *slog.Logger
 
 	space  *spaceGuard               // nil: no check (in memory, read-only)
 	failed atomic.Pointer[failedErr] // set once: the failed state, see faults.go
