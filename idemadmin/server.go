@@ -1,7 +1,7 @@
-// Package idemadmin serves a running store to the people who operate it:
-// one record, a filtered list, a census with the store's counters, and,
-// when enabled, the same fenced repairs as the idem command (release, fail,
-// delete).
+// Package idemadmin is the admin protocol of a running store, both sides:
+// Handler serves one record, a filtered list, a census with the store's
+// counters and, when enabled, the same fenced repairs as the idem command
+// (release, fail, delete); Client calls them.
 //
 // A store on Badger belongs to one process, so while a service runs, the
 // idem command cannot open its data directory; mount this handler in the
@@ -11,18 +11,20 @@
 //
 //	go http.ListenAndServe("127.0.0.1:9090", idemadmin.Handler(store, nil))
 //
-// The endpoints, all answering JSON:
+// The endpoints, all answering JSON with snake_case keys:
 //
 //	GET  /admin/records/{key}  one record (Record), 404 when absent
 //	GET  /admin/records        records, one Record per line, filtered by the
-//	                           query: prefix, state, stale=true,
-//	                           older-than=10m, limit (default 100, 0: all)
+//	                           query (Filter.Encode): prefix, state,
+//	                           stale=true, older-than=10m, limit (default
+//	                           100, 0: all)
 //	GET  /admin/stats          the census (Stats) with the store's counters
 //	POST /admin/release/{key}  repairs, with Options.Repairs only: the body is
 //	POST /admin/fail/{key}     a RepairRequest naming the token (and for
 //	POST /admin/delete/{key}   delete the state) the operator was shown; a
-//	                           record that changed meanwhile gets 409 and
-//	                           nothing changes
+//	                           record that changed meanwhile gets 409, a
+//	                           Problem with the stored record, and nothing
+//	                           changes
 //
 // Repairs are off by default: whoever can reach them can make a request run
 // twice. Each one is logged by the store (key, operation, token; never the
@@ -37,7 +39,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strconv"
 	"time"
 
 	"github.com/idemdb/idem"
@@ -56,25 +57,34 @@ type Options struct {
 	Now func() time.Time
 }
 
-// RepairRequest is the body of a repair: the fencing token and state of
-// the record the operator was shown (the repair applies only while the
-// stored record still carries both), and for fail the response to replay
-// and whether the next retry may run the request again instead. Delete
-// needs the state: a holder that completes keeps its token, and deleting
-// the completed record would make the next retry run the request again.
-// To delete a record that cannot be decoded, send Corrupt and no token.
+// RepairRequest is the body of a repair: what the operator was shown of
+// the record, for the store to fence the repair on (idem.Record.Same),
+// and for fail the response to replay and whether the next retry may run
+// the request again instead. Every repair names the fencing token. Delete
+// names the state too: a holder that completes keeps its token, and
+// deleting the completed record would make the next retry run the request
+// again; release and fail apply to in-progress records only. A delete may
+// send CreatedAt too, which tells the record apart from a later one under
+// the same key. To delete a record that cannot be decoded, send Corrupt
+// and no token.
 type RepairRequest struct {
-	Token     uint64 `json:"token"`
-	State     string `json:"state,omitempty"`
-	Response  []byte `json:"response,omitempty"`
-	Retryable bool   `json:"retryable,omitempty"`
-	Corrupt   bool   `json:"corrupt,omitempty"`
+	Token     uint64     `json:"token"`
+	State     string     `json:"state,omitempty"`
+	CreatedAt *time.Time `json:"created_at,omitempty"`
+	Response  []byte     `json:"response,omitempty"`
+	Retryable bool       `json:"retryable,omitempty"`
+	Corrupt   bool       `json:"corrupt,omitempty"`
 }
 
 // Problem is the body of every answer that is not a success: Error says
-// what went wrong.
+// what went wrong. A repair refused because the record is not the one
+// shown answers 409 with the store's *idem.ChangedError: its message,
+// Stored, the record stored now, and Want, what the request said was
+// stored.
 type Problem struct {
-	Error string `json:"error"`
+	Error  string  `json:"error"`
+	Stored *Record `json:"stored,omitempty"`
+	Want   string  `json:"want,omitempty"`
 }
 
 // maxRepairBody bounds a repair's body: a failure's response is at most
@@ -85,7 +95,7 @@ const maxRepairBody = 64 << 20
 // Handler returns the admin endpoints of s; see the package documentation.
 // Nil options mean the zero Options.
 func Handler(s *idem.Store, opts *Options) http.Handler {
-	a := &admin{s: s}
+	a := &server{s: s}
 	if opts != nil {
 		a.opts = *opts
 	}
@@ -105,12 +115,12 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	return mux
 }
 
-type admin struct {
+type server struct {
 	s    *idem.Store
 	opts Options
 }
 
-func (a *admin) get(w http.ResponseWriter, r *http.Request) {
+func (a *server) get(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
 	rec, err := a.s.Get(r.Context(), key)
 	switch {
@@ -123,47 +133,20 @@ func (a *admin) get(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *admin) list(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	f := Filter{Prefix: q.Get("prefix"), State: q.Get("state")}
-	limit := 100
-	var err error
-	if v := q.Get("stale"); v != "" {
-		if f.Stale, err = strconv.ParseBool(v); err != nil {
-			a.problem(w, r, http.StatusBadRequest, fmt.Sprintf("stale=%q: want true or false", v))
-			return
-		}
-	}
-	if v := q.Get("older-than"); v != "" {
-		if f.OlderThan, err = time.ParseDuration(v); err != nil {
-			a.problem(w, r, http.StatusBadRequest, fmt.Sprintf("older-than=%q: want a duration such as 10m", v))
-			return
-		}
-	}
-	if v := q.Get("limit"); v != "" {
-		if limit, err = strconv.Atoi(v); err != nil || limit < 0 {
-			a.problem(w, r, http.StatusBadRequest, fmt.Sprintf("limit=%q: want a count, 0 for no limit", v))
-			return
-		}
-	}
-	if err := f.Check(); err != nil {
-		a.problem(w, r, http.StatusBadRequest, err.Error())
+func (a *server) list(w http.ResponseWriter, r *http.Request) {
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(w)
 	n := 0
-	errLimit := errors.New("limit reached")
 	err = List(r.Context(), a.s, f, a.opts.Now(), func(_ *idem.Record, j Record) error {
-		if limit > 0 && n >= limit {
-			return errLimit
-		}
 		n++
 		return enc.Encode(j)
 	})
 	switch {
-	case errors.Is(err, errLimit):
-		// The client learns of the cut from the count it asked for.
 	case err != nil && n == 0:
 		a.fail(w, r, err)
 	case err != nil:
@@ -172,7 +155,7 @@ func (a *admin) list(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (a *admin) stats(w http.ResponseWriter, r *http.Request) {
+func (a *server) stats(w http.ResponseWriter, r *http.Request) {
 	st, err := TakeStats(r.Context(), a.s, r.URL.Query().Get("prefix"))
 	if err != nil {
 		a.fail(w, r, err)
@@ -183,10 +166,10 @@ func (a *admin) stats(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-func (a *admin) repair(op string) http.HandlerFunc {
+func (a *server) repair(op string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !a.opts.Repairs {
-			a.problem(w, r, http.StatusForbidden, "repairs are off on this endpoint (idemadmin.Options.Repairs; idem serve -admin-repairs)")
+			a.problem(w, r, http.StatusForbidden, Problem{Error: "repairs are off on this endpoint (idemadmin.Options.Repairs; idem serve -admin-repairs)"})
 			return
 		}
 		key := r.PathValue("key")
@@ -194,77 +177,91 @@ func (a *admin) repair(op string) http.HandlerFunc {
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRepairBody))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			a.problem(w, r, http.StatusBadRequest, "repair body: "+err.Error()+` (want {"token": N})`)
+			a.problem(w, r, http.StatusBadRequest, Problem{Error: "repair body: " + err.Error() + ` (want {"token": N})`})
+			return
+		}
+		shown, err := req.shown(op)
+		if err != nil {
+			a.problem(w, r, http.StatusBadRequest, Problem{Error: "repair body: " + err.Error()})
 			return
 		}
 		ctx := r.Context()
-		rec, err := a.s.Get(ctx, key)
-		switch {
-		case errors.Is(err, idem.ErrCorrupt) && op == "delete" && req.Corrupt:
-			err = a.s.ForceDelete(ctx, key, nil)
-		case errors.Is(err, idem.ErrCorrupt):
-			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%v; only delete with \"corrupt\": true removes it", err))
-			return
-		case err != nil:
-			a.fail(w, r, err)
-			return
-		case req.Corrupt:
-			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q is %s, not corrupt: it changed since it was shown; nothing changed", key, rec.State))
-			return
-		case req.Token == 0:
-			a.problem(w, r, http.StatusBadRequest, "repair body: no token (send the token of the record you were shown)")
-			return
-		case op == "delete" && req.State == "":
-			a.problem(w, r, http.StatusBadRequest, `repair body: no state (a delete sends the state of the record you were shown, e.g. "state": "in-progress")`)
-			return
-		case rec.Token != req.Token:
-			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q carries token %d, not %d: it changed since it was shown; nothing changed", key, rec.Token, req.Token))
-			return
-		case req.State != "" && rec.State.String() != req.State:
-			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q is %s, not %s: it changed since it was shown; nothing changed", key, rec.State, req.State))
-			return
-		case op != "delete" && rec.State != idem.StateInProgress:
-			a.problem(w, r, http.StatusConflict, fmt.Sprintf("%q is %s, not in progress: nothing to %s (delete removes a record whatever its state)", key, rec.State, op))
-			return
-		case op == "release":
+		switch op {
+		case "release":
 			err = a.s.ForceRelease(ctx, key, req.Token)
-		case op == "fail":
+		case "fail":
 			err = a.s.ForceFail(ctx, key, req.Token, req.Response, req.Retryable)
 		default:
-			err = a.s.ForceDelete(ctx, key, rec)
+			err = a.s.ForceDelete(ctx, key, shown)
 		}
-		if errors.Is(err, idem.ErrLeaseLost) {
-			a.problem(w, r, http.StatusConflict, fmt.Sprintf("refused, %q changed since it was shown; nothing changed: %v", key, err))
-			return
-		}
-		if err != nil {
+		var changed *idem.ChangedError
+		switch {
+		case errors.As(err, &changed):
+			p := Problem{Error: err.Error(), Want: changed.Want}
+			if changed.Stored != nil {
+				j := FromRecord(changed.Stored)
+				p.Stored = &j
+			}
+			a.problem(w, r, http.StatusConflict, p)
+		case errors.Is(err, idem.ErrCorrupt):
+			a.problem(w, r, http.StatusConflict, Problem{Error: fmt.Sprintf("%v; only delete with \"corrupt\": true removes it", err)})
+		case err != nil:
 			a.fail(w, r, err)
-			return
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"done": op, "key": key})
 		}
-		writeJSON(w, http.StatusOK, map[string]string{"done": op, "key": key})
 	}
 }
 
+// shown returns the record req says the operator was shown, for a repair
+// op to be fenced on (nil: a corrupt record), or what is missing or
+// contradictory in req. Whether the stored record is still that one is
+// the store's to decide.
+func (req *RepairRequest) shown(op string) (*idem.Record, error) {
+	switch {
+	case req.Corrupt && op != "delete":
+		return nil, fmt.Errorf(`"corrupt": true goes with delete only: a record that cannot be read cannot be ended with %s`, op)
+	case req.Corrupt:
+		return nil, nil
+	case req.Token == 0:
+		return nil, errors.New("no token (send the token of the record you were shown)")
+	case op == "delete" && req.State == "":
+		return nil, errors.New(`no state (a delete sends the state of the record you were shown, e.g. "state": "in-progress")`)
+	}
+	rec := &idem.Record{State: idem.StateInProgress, Token: req.Token, CreatedAt: timeVal(req.CreatedAt)}
+	if req.State != "" {
+		st, err := idem.ParseState(req.State)
+		if err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		if op != "delete" && st != idem.StateInProgress {
+			return nil, fmt.Errorf("%s ends an in-progress record, not a %s one (delete removes a record whatever its state)", op, st)
+		}
+		rec.State = st
+	}
+	return rec, nil
+}
+
 // fail answers a store error with the status it calls for.
-func (a *admin) fail(w http.ResponseWriter, r *http.Request, err error) {
+func (a *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, idem.ErrNotFound):
-		a.problem(w, r, http.StatusNotFound, err.Error())
+		a.problem(w, r, http.StatusNotFound, Problem{Error: err.Error()})
 	case errors.Is(err, idem.ErrInvalidKey), errors.Is(err, idem.ErrTooLarge):
-		a.problem(w, r, http.StatusBadRequest, err.Error())
+		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
 	case r.Context().Err() != nil:
 		// The client has gone.
 	default:
 		a.opts.Logger.Error("idemadmin: store error", "path", r.URL.Path, "err", err)
-		a.problem(w, r, http.StatusInternalServerError, err.Error())
+		a.problem(w, r, http.StatusInternalServerError, Problem{Error: err.Error()})
 	}
 }
 
-func (a *admin) problem(w http.ResponseWriter, r *http.Request, code int, msg string) {
+func (a *server) problem(w http.ResponseWriter, r *http.Request, code int, p Problem) {
 	if code >= 400 && code != http.StatusNotFound {
-		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", r.URL.Path, "status", code, "reason", msg)
+		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", r.URL.Path, "status", code, "reason", p.Error)
 	}
-	writeJSON(w, code, Problem{Error: msg})
+	writeJSON(w, code, p)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
