@@ -74,8 +74,10 @@
 //
 // Package idemprom exports a store's counters, census and latencies to
 // Prometheus. Package idemadmin serves a running store's records, a
-// filtered list and a census over HTTP for the idem command's -admin flag,
-// and, when enabled, its fenced repairs (the Force methods of Store).
+// filtered list and a census over HTTP, and, when enabled, its fenced
+// repairs (the Force methods of Store); its Client, which the idem
+// command's -admin flag uses, calls them. A repair refused because the
+// record changed since the operator looked returns a *ChangedError.
 //
 // # Caveats
 //

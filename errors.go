@@ -25,8 +25,9 @@ var (
 	// stored record no longer carries the lease's fencing token: the lease
 	// lapsed and another caller took the key over, or the record was ended,
 	// deleted or expired. Nothing is written. The operator repairs
-	// (ForceRelease, ForceFail, ForceDelete) return it when the stored
-	// record is no longer the one the operator was shown.
+	// (ForceRelease, ForceFail, ForceDelete) return a *ChangedError, which
+	// matches it, when the stored record is no longer the one the operator
+	// was shown.
 	ErrLeaseLost = errors.New("lease lost")
 
 	// ErrTokenExhausted is returned by Begin when the key's record carries

@@ -12,7 +12,8 @@ import (
 // multiple goroutines.
 //
 // op is "begin", "get", or the lease step: "complete", "fail", "release",
-// "extend" (and "force-release", "force-fail" for the operator API).
+// "extend" (and "force-release", "force-fail", "force-delete" for the
+// operator API).
 // outcome is one of:
 //
 //   - begin: "lease", "replay", "in-progress", "mismatch", "error"

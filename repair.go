@@ -9,29 +9,66 @@ import (
 	"time"
 )
 
-// The operator API: repairs made by a person (through the idem command)
-// rather than by the lease holder. Each repair is fenced on the record the
-// operator was shown: it applies only if the stored record is still that
-// one, and otherwise returns ErrLeaseLost and writes nothing. The usual
-// flow is Get, show the record, ask for confirmation, then repair with the
-// token (or record) that was shown. Every repair is logged at Warn level.
+// The operator API: repairs made by a person (through the idem command or
+// the idemadmin endpoints) rather than by the lease holder. Each repair is
+// fenced on the record the operator was shown: it applies only while the
+// stored record is still that one (Record.Same), and otherwise returns a
+// *ChangedError and writes nothing. The usual flow is Get, show the
+// record, ask for confirmation, then repair with the token (or record)
+// that was shown. Every repair is logged at Warn level.
 
 // ErrExists is returned by Restore when a live record is stored under the
 // key and overwrite was not asked for. Nothing is written.
 var ErrExists = errors.New("a live record is stored under the key")
 
+// ChangedError is returned by ForceRelease, ForceFail and ForceDelete when
+// the stored record is not the one the operator was shown: it changed
+// since they looked, and nothing is written. errors.Is(err, ErrLeaseLost)
+// is true for it, as for a lease holder that was fenced out.
+type ChangedError struct {
+	Key    string
+	Stored *Record // the record stored when the repair was refused; nil: one that cannot be decoded
+	Want   string  // what the repair was told is stored: "in-progress with token 7", or "corrupt"
+}
+
+func (e *ChangedError) Error() string {
+	return "lease lost: the stored record is " + describeShown(e.Stored) + ", not " + e.Want
+}
+
+// Is reports whether target is ErrLeaseLost.
+func (e *ChangedError) Is(target error) bool { return target == ErrLeaseLost }
+
+// describeShown names a record the way a repair's refusal does: its state
+// and token, or "corrupt" for nil (a record that could not be decoded).
+func describeShown(r *Record) string {
+	if r == nil {
+		return "corrupt"
+	}
+	return fmt.Sprintf("%s with token %d", r.State, r.Token)
+}
+
+// Same reports whether r and other are one record at one step of its
+// life: the same state, the same fencing token and the same CreatedAt (a
+// key deleted and used again holds another record). A zero CreatedAt on
+// either side is not compared: such a record is known by its state and
+// token alone, as ForceRelease knows it. Keys are not compared. An Extend
+// keeps a record Same; Begin, Complete, Fail and Release do not.
+func (r *Record) Same(other *Record) bool {
+	if r.State != other.State || r.Token != other.Token {
+		return false
+	}
+	return r.CreatedAt.IsZero() || other.CreatedAt.IsZero() || r.CreatedAt.Equal(other.CreatedAt)
+}
+
 // ForceRelease ends, as an operator, the lease with token on key's
 // in-progress record: the record is removed and the key is free at once,
-// as if the holder had called Release. It applies only if the stored record
-// is in progress and still carries token; if the holder completed or failed
-// meanwhile, or the key was taken over, it returns ErrLeaseLost. The
-// holder, if it is still running, gets ErrLeaseLost when it ends its lease.
+// as if the holder had called Release. It applies only if the stored
+// record is in progress and still carries token; if the holder completed
+// or failed meanwhile, or the key was taken over, it returns a
+// *ChangedError. The holder, if it is still running, gets ErrLeaseLost
+// when it ends its lease.
 func (s *Store) ForceRelease(ctx context.Context, key string, token uint64) error {
-	l, err := s.operatorLease(ctx, "force-release", key, token)
-	if err != nil {
-		return err
-	}
-	err = s.fenced(ctx, "force-release", l, true, func(*Record, time.Time) bool { return true })
+	err := s.repair(ctx, "force-release", key, &Record{State: StateInProgress, Token: token}, nil)
 	if err == nil {
 		s.log.Warn("idem: operator repair", "key", key, "op", "release", "token", token)
 	}
@@ -43,19 +80,15 @@ func (s *Store) ForceRelease(ctx context.Context, key string, token uint64) erro
 // retryable false, retries are answered with response; with retryable
 // true, the next Begin runs the request again. It applies only if the
 // stored record is in progress and still carries token, and otherwise
-// returns ErrLeaseLost. The record is kept for Options.FailedTTL, or the
-// WithTTL on ctx.
+// returns a *ChangedError. The record is kept for Options.FailedTTL, or
+// the WithTTL on ctx.
 func (s *Store) ForceFail(ctx context.Context, key string, token uint64, response []byte, retryable bool) error {
 	if err := s.checkResponse(response); err != nil {
 		return wrap("force-fail", key, err)
 	}
-	l, err := s.operatorLease(ctx, "force-fail", key, token)
-	if err != nil {
-		return err
-	}
-	err = s.fenced(ctx, "force-fail", l, true, func(r *Record, now time.Time) bool {
-		l.pol.finish(r, StateFailed, response, retryable, now)
-		return false
+	pol := s.opts.policyFor(ctx)
+	err := s.repair(ctx, "force-fail", key, &Record{State: StateInProgress, Token: token}, func(r *Record, now time.Time) {
+		pol.finish(r, StateFailed, response, retryable, now)
 	})
 	if err == nil {
 		s.log.Warn("idem: operator repair", "key", key, "op", "fail", "token", token,
@@ -64,56 +97,36 @@ func (s *Store) ForceFail(ctx context.Context, key string, token uint64, respons
 	return err
 }
 
-// operatorLease returns a Lease standing for the holder of token on key's
-// record, for fenced to check against. The record's CreatedAt is read here;
-// fenced checks it again together with the token in its atomic write.
-func (s *Store) operatorLease(ctx context.Context, op, key string, token uint64) (*Lease, error) {
-	if err := s.check(ctx, key); err != nil {
-		return nil, wrap(op, key, err)
-	}
-	rec, err := s.load(ctx, op, key)
-	if err != nil {
-		return nil, err
-	}
-	if rec.State != StateInProgress || rec.Token != token {
-		return nil, wrap(op, key, fmt.Errorf("%w: the stored record is %s with token %d, not in-progress with token %d",
-			ErrLeaseLost, rec.State, rec.Token, token))
-	}
-	return &Lease{s: s, key: key, token: token, created: rec.CreatedAt, pol: s.opts.policyFor(ctx)}, nil
-}
-
-// load reads and decodes key's live record, for the operator API.
-func (s *Store) load(ctx context.Context, op, key string) (*Record, error) {
-	if err := s.enter(); err != nil {
-		return nil, wrap(op, key, err)
-	}
-	defer s.mu.RUnlock()
-	data, err := s.b.Load(ctx, key)
-	if err != nil {
-		return nil, wrap(op, key, err)
-	}
-	if data == nil {
-		return nil, wrap(op, key, ErrNotFound)
-	}
-	rec, err := DecodeRecord(key, data)
-	if err != nil {
-		return nil, wrap(op, key, err)
-	}
-	if rec.Expired(s.now()) {
-		return nil, wrap(op, key, ErrNotFound)
-	}
-	return rec, nil
-}
-
 // ForceDelete removes key's record, as an operator, whatever its state,
-// provided it is still the record seen: same state, token and CreatedAt
-// (seen is what Get returned). Otherwise it returns ErrLeaseLost and
-// deletes nothing. A record that cannot be decoded is deleted by passing
-// seen == nil, which applies only while the stored record is still
-// corrupt. Deleting a completed record means the next retry runs the
-// request again.
+// provided it is still the record seen (Record.Same; seen is what Get
+// returned). Otherwise it returns a *ChangedError and deletes nothing. A
+// record that cannot be decoded is deleted by passing seen == nil, which
+// applies only while the stored record is still corrupt. Deleting a
+// completed record means the next retry runs the request again.
 func (s *Store) ForceDelete(ctx context.Context, key string, seen *Record) error {
-	const op = "force-delete"
+	if err := s.repair(ctx, "force-delete", key, seen, nil); err != nil {
+		return err
+	}
+	attrs := []any{"key", key, "op", "delete"}
+	if seen == nil {
+		attrs = append(attrs, "state", "corrupt")
+	} else {
+		attrs = append(attrs, "state", seen.State.String(), "token", seen.Token)
+	}
+	s.log.Warn("idem: operator repair", attrs...)
+	return nil
+}
+
+// repair makes one operator repair of key's record, fenced on shown, the
+// record the operator was shown (nil: one that could not be decoded).
+// change alters the record; nil deletes it. The check and the write are
+// one compare-and-swap, decided again on the new record if another writer
+// wins the race. An absent or expired record is ErrNotFound, and a
+// corrupt one ErrCorrupt unless shown is nil.
+func (s *Store) repair(ctx context.Context, op, key string, shown *Record, change func(r *Record, now time.Time)) (err error) {
+	if s.opts.Observer != nil {
+		defer func(start time.Time) { s.observeStep(op, start, err) }(time.Now())
+	}
 	if err := s.check(ctx, key); err != nil {
 		return wrap(op, key, err)
 	}
@@ -131,32 +144,30 @@ func (s *Store) ForceDelete(ctx context.Context, key string, seen *Record) error
 		}
 		rec, derr := DecodeRecord(key, cur)
 		switch {
-		case seen == nil && derr == nil:
-			return nil, time.Time{}, wrap(op, key, fmt.Errorf("%w: the stored record is no longer corrupt (%s, token %d)", ErrLeaseLost, rec.State, rec.Token))
-		case seen != nil && derr != nil:
+		case derr != nil && (shown != nil || change != nil):
 			return nil, time.Time{}, wrap(op, key, derr)
-		case seen != nil && rec.Expired(now):
+		case derr != nil:
+			return nil, time.Time{}, nil // the corrupt record shown is deleted
+		case rec.Expired(now):
 			return nil, time.Time{}, wrap(op, key, ErrNotFound)
-		case seen != nil && (rec.State != seen.State || rec.Token != seen.Token || !rec.CreatedAt.Equal(seen.CreatedAt)):
-			return nil, time.Time{}, wrap(op, key, fmt.Errorf("%w: the stored record is now %s with token %d, not %s with token %d",
-				ErrLeaseLost, rec.State, rec.Token, seen.State, seen.Token))
+		case shown == nil || !rec.Same(shown):
+			return nil, time.Time{}, wrap(op, key, &ChangedError{Key: key, Stored: rec, Want: describeShown(shown)})
+		case change == nil:
+			return nil, time.Time{}, nil
 		}
-		return nil, time.Time{}, nil
+		change(rec, now)
+		return EncodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 	})
 	if err != nil {
 		return err
 	}
 	s.waiters.wake(key)
 	if s.cache != nil {
+		// After the write, as in Delete: a reader that read the old record
+		// before it either put it in the cache already (and del drops it)
+		// or finds the deletion count changed and does not.
 		s.cache.del(key)
 	}
-	attrs := []any{"key", key, "op", "delete"}
-	if seen == nil {
-		attrs = append(attrs, "state", "corrupt")
-	} else {
-		attrs = append(attrs, "state", seen.State.String(), "token", seen.Token)
-	}
-	s.log.Warn("idem: operator repair", attrs...)
 	return nil
 }
 

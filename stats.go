@@ -7,31 +7,33 @@ import (
 
 // Stats is a snapshot of a store's counters since it was opened. Counters
 // only grow; StaleLeases and the Last fields describe the latest
-// background run.
+// background run. Its JSON form has snake_case keys; LastGC is RFC 3339
+// and left out while there has been no run, and LastSweepTook is in
+// nanoseconds.
 type Stats struct {
-	Hits       uint64 // Get found a live record
-	Misses     uint64 // Get found nothing, or an expired record
-	Leases     uint64 // leases granted by Begin, takeovers included
-	Takeovers  uint64 // leases granted over a lapsed lease
-	Conflicts  uint64 // writes that lost a race and were retried from the winner's record
-	Mismatches uint64 // Begin refused a key reused with another fingerprint
-	Replays    uint64 // Begin answered with a finished record
-	InProgress uint64 // Begin answered ErrInProgress
-	LeaseLost  uint64 // Complete, Fail, Release or Extend refused by fencing
-	Completed  uint64 // leases ended by Complete
-	Failed     uint64 // leases ended by Fail
-	Released   uint64 // leases ended by Release
+	Hits       uint64 `json:"hits"`        // Get found a live record
+	Misses     uint64 `json:"misses"`      // Get found nothing, or an expired record
+	Leases     uint64 `json:"leases"`      // leases granted by Begin, takeovers included
+	Takeovers  uint64 `json:"takeovers"`   // leases granted over a lapsed lease
+	Conflicts  uint64 `json:"conflicts"`   // writes that lost a race and were retried from the winner's record
+	Mismatches uint64 `json:"mismatches"`  // Begin refused a key reused with another fingerprint
+	Replays    uint64 `json:"replays"`     // Begin answered with a finished record
+	InProgress uint64 `json:"in_progress"` // Begin answered ErrInProgress
+	LeaseLost  uint64 `json:"lease_lost"`  // Complete, Fail, Release or Extend refused by fencing
+	Completed  uint64 `json:"completed"`   // leases ended by Complete
+	Failed     uint64 `json:"failed"`      // leases ended by Fail
+	Released   uint64 `json:"released"`    // leases ended by Release
 
-	Sweeps        uint64    // background expiry runs
-	SweptExpired  uint64    // expired records seen by sweeps, summed
-	StaleLeases   int       // in-progress records with a lapsed lease and no takeover, at the last sweep
-	GCRuns        uint64    // backend garbage collections run
-	GCReclaimed   int64     // bytes of disk given back by them, summed
-	LastGC        time.Time // when the last run ended, by the store's clock
-	LastGCErr     string    // the last run's error, "" if none
-	CacheHits     uint64    // answers from the read cache
-	DiskBytes     int64     // the backend's disk use at the last run, when it reports it
-	LastSweepTook time.Duration
+	Sweeps        uint64        `json:"sweeps"`                  // background expiry runs
+	SweptExpired  uint64        `json:"swept_expired"`           // expired records seen by sweeps, summed
+	StaleLeases   int           `json:"stale_leases"`            // in-progress records with a lapsed lease and no takeover, at the last sweep
+	GCRuns        uint64        `json:"gc_runs"`                 // backend garbage collections run
+	GCReclaimed   int64         `json:"gc_reclaimed_bytes"`      // bytes of disk given back by them, summed
+	LastGC        time.Time     `json:"last_gc,omitzero"`        // when the last run ended, by the store's clock
+	LastGCErr     string        `json:"last_gc_error,omitempty"` // the last run's error, "" if none
+	CacheHits     uint64        `json:"cache_hits"`              // answers from the read cache
+	DiskBytes     int64         `json:"disk_bytes"`              // the backend's disk use at the last run, when it reports it
+	LastSweepTook time.Duration `json:"last_sweep_took_ns"`      // how long the last sweep took
 }
 
 type counters struct {

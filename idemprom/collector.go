@@ -3,8 +3,8 @@
 //
 // A Collector reports the store's Stats counters (requests by outcome,
 // takeovers, lease steps, GC runs and bytes reclaimed) and, from a bounded
-// scan of the store, the records by state, the stale leases and the age of
-// the oldest in-progress record. A Latency, set as the store's
+// census of the store (Store.Census), the records by state, the stale
+// leases and the age of the oldest in-progress record. A Latency, set as the store's
 // Options.Observer, keeps the Begin, Get and lease-step latency histograms.
 package idemprom
 
@@ -38,18 +38,16 @@ const DefaultScanLimit = 100_000
 // simultaneous use by multiple goroutines.
 //
 // The counters come from Store.Stats and cost nothing. The records-by-state
-// gauges come from a census, a Store.Scan that decodes every record, up to
-// Options.ScanLimit of them (about 1.5µs a record on Badger, twice the
-// bare backend scan, so about 0.15s for the default 100000; see
-// BenchmarkCensus), taken at most once per
-// Options.ScanInterval however often Prometheus scrapes. When the store
-// holds more records than the limit, idem_census_truncated is 1 and the
-// gauges are lower bounds.
+// gauges come from Store.Census, which decodes every record up to
+// Options.ScanLimit of them (its cost is in docs/decisions.md, "The
+// census"), taken at most once per Options.ScanInterval however often
+// Prometheus scrapes. When the store holds more records than the limit,
+// idem_census_truncated is 1 and the gauges are lower bounds.
 type Collector struct {
 	s    *idem.Store
 	opts Options
 
-	mu       sync.Mutex // protects census, at and errors; held during a census so scrapes share it
+	mu       sync.Mutex // protects census, at and failures; held during a census so scrapes share it
 	census   idem.Census
 	at       time.Time // when census was taken, by the real clock; zero before the first
 	failures uint64

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/idemdb/idem/internal/payments"
 	"github.com/idemdb/idem/redisstore"
 )
 
@@ -141,8 +142,8 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 	}
 
 	// The payments API of `idem serve`, on a loopback port.
-	api := newPaymentsAPI()
-	api.delay = 200 * time.Millisecond
+	api := payments.NewAPI()
+	api.Delay = 200 * time.Millisecond
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -173,7 +174,7 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 		}
 		fmt.Fprintf(w, "Attempt %d: %s: %v\n", attempt, r.outcome(), r)
 	}
-	charges := api.charges()
+	charges := api.Charges()
 	fmt.Fprintf(w, "Charges made: %d\n", charges)
 
 	fmt.Fprintf(w, "\nReusing key %q for 7000 USD:\n", key)
@@ -185,7 +186,7 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 		return fmt.Errorf("a reused key was not refused: %v", r)
 	}
 	fmt.Fprintf(w, "Refused: %v\n", r)
-	charges = api.charges()
+	charges = api.Charges()
 	fmt.Fprintf(w, "Charges made: %d\n", charges)
 	if charges != 1 {
 		return fmt.Errorf("%d charges made for key %q, want 1", charges, key)
@@ -219,7 +220,7 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 			return fmt.Errorf("request %s: %v", name, r)
 		}
 	}
-	charges2 := api.charges() - charges
+	charges2 := api.Charges() - charges
 	fmt.Fprintf(w, "Charges made for %q: %d\n", key2, charges2)
 	if charges2 != 1 {
 		return fmt.Errorf("%d charges made for key %q, want 1", charges2, key2)

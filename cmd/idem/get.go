@@ -62,7 +62,7 @@ func getFromStore(sf *storeFlags, key string, stderr io.Writer) (*idem.Record, e
 }
 
 func getFromAdmin(addr, key string) (*idem.Record, error) {
-	rec, err := adminTarget(addr).get(key)
+	rec, err := adminClient(addr).Get(context.Background(), key)
 	if errors.Is(err, idem.ErrCorrupt) {
 		return nil, fmt.Errorf("%w\nthe record under %q cannot be read; `idem delete -admin %s %s` removes it", err, key, addr, key)
 	}

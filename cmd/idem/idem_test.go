@@ -27,6 +27,7 @@ import (
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/idemprom"
+	"github.com/idemdb/idem/idemtest"
 	"github.com/idemdb/idem/internal/storeinternal"
 )
 
@@ -204,7 +205,7 @@ func TestStats(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var st idemadmin.Stats
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
-	assert.Equal(t, map[string]int{"in-progress": 2, "completed": 1, "failed": 1}, st.Records)
+	assert.Equal(t, idemadmin.RecordCounts{InProgress: 2, Completed: 1, Failed: 1}, st.Records)
 	assert.Equal(t, 1, st.Corrupt)
 	assert.Equal(t, 1, st.StaleLeases)
 	assert.InDelta(t, 3600, st.OldestInProgressSeconds, 60)
@@ -233,7 +234,8 @@ func TestRelease(t *testing.T) {
 
 	r = idemCmd(t, "", "release", "-yes", "-token", "7", "-data", dir, "t1/stuck")
 	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "not 7 (-token)")
+	assert.Contains(t, r.stderr, "not the one pinned with -token 7")
+	assert.Contains(t, r.stderr, "lease lost: the stored record is in-progress with token "+itoa(tokens["t1/stuck"])+", not in-progress with token 7")
 
 	r = idemCmd(t, "", "release", "-data", dir, "t1/done")
 	assert.Equal(t, 1, r.code)
@@ -440,8 +442,8 @@ func TestAdmin(t *testing.T) {
 	assert.Regexp(t, `get hits:\s+3`, r.stdout, "live counters: the gets above (release reads first)")
 	assert.Regexp(t, `get misses:\s+1`, r.stdout)
 
-	var st idemadmin.Stats
-	require.NoError(t, fetchJSON(srv.URL, "/admin/stats", &st))
+	st, err := adminClient(srv.URL).Stats(ctx, "")
+	require.NoError(t, err)
 	assert.Equal(t, 1, st.Corrupt)
 	require.NotNil(t, st.Counters)
 	assert.Equal(t, uint64(3), st.Counters.Hits)
@@ -473,10 +475,12 @@ func TestAdminRepairs(t *testing.T) {
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
-	// A token that is not the record's: refused before asking.
+	// A token that is not the record's: refused, and nothing changes.
 	r := idemCmd(t, "", "release", "-admin", addr, "-yes", "-token", "7", "t1/stuck")
 	assert.Equal(t, 1, r.code)
-	assert.Contains(t, r.stderr, "not 7 (-token)")
+	assert.Contains(t, r.stderr, "not the one pinned with -token 7")
+	assert.Contains(t, r.stderr, "lease lost: the stored record is in-progress with token "+itoa(tokens["t1/stuck"])+", not in-progress with token 7")
+	assert.Equal(t, idem.StateInProgress, mustGet(t, s, "t1/stuck").State)
 
 	r = idemCmd(t, "n\n", "release", "-admin", addr, "t1/stuck")
 	assert.Equal(t, 1, r.code, "declined")
@@ -509,10 +513,12 @@ func TestAdminRepairs(t *testing.T) {
 
 	// The server fences on the token it is sent: a record that changed
 	// between the look and the repair is left alone.
-	err = adminCall(addr, http.MethodPost, "/admin/delete/"+url.PathEscape("t1/done"),
-		idemadmin.RepairRequest{Token: tokens["t1/done"] + 1, State: "completed"}, func(io.Reader) error { return nil })
-	require.ErrorIs(t, err, errRefused)
-	assert.Contains(t, err.Error(), "changed since it was shown")
+	err = adminClient(addr).ForceDelete(ctx, "t1/done", &idem.Record{State: idem.StateCompleted, Token: tokens["t1/done"] + 1})
+	require.ErrorIs(t, err, idem.ErrLeaseLost)
+	var changed *idem.ChangedError
+	require.ErrorAs(t, err, &changed)
+	assert.Equal(t, tokens["t1/done"], changed.Stored.Token, "the error carries the stored record")
+	assert.Contains(t, err.Error(), "lease lost: the stored record is completed with token "+itoa(tokens["t1/done"]))
 	assert.Equal(t, idem.StateCompleted, mustGet(t, s, "t1/done").State)
 
 	r = idemCmd(t, "", "delete", "-admin", addr, "-yes", "t1/done")
@@ -569,31 +575,40 @@ func TestAdminDeleteFencedOnState(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	srv := httptest.NewServer(adminHandler(s, nil, true))
 	defer srv.Close()
-	addr := adminTarget(strings.TrimPrefix(srv.URL, "http://"))
+	client := adminClient(strings.TrimPrefix(srv.URL, "http://"))
+	del := repairOp{name: "delete"}
 
 	l, _, err := s.Begin(ctx, "t1/pay", []byte("fp"))
 	require.NoError(t, err)
-	shown, err := addr.get("t1/pay")
+	shown, err := client.Get(ctx, "t1/pay")
 	require.NoError(t, err)
 	require.Equal(t, idem.StateInProgress, shown.State)
 
 	require.NoError(t, l.Complete(ctx, []byte("charged")))
-	err = addr.apply("t1/pay", shown, repairOp{name: "delete"})
-	require.ErrorIs(t, err, errRefused)
+	err = del.apply(ctx, client, "t1/pay", shown)
+	require.ErrorIs(t, err, idem.ErrLeaseLost)
+	var changed *idem.ChangedError
+	require.ErrorAs(t, err, &changed)
+	assert.Equal(t, idem.StateCompleted, changed.Stored.State)
 	rec := mustGet(t, s, "t1/pay")
 	assert.Equal(t, idem.StateCompleted, rec.State, "the completed record is kept")
 	assert.Equal(t, "charged", string(rec.Response))
 
 	// A delete that names no state cannot be fenced against a completion.
-	err = adminCall(string(addr), http.MethodPost, "/admin/delete/"+url.PathEscape("t1/pay"),
-		idemadmin.RepairRequest{Token: l.Token()}, func(io.Reader) error { return nil })
-	require.Error(t, err)
-	assert.Contains(t, err.Error(), "state")
+	b, err := json.Marshal(idemadmin.RepairRequest{Token: l.Token()})
+	require.NoError(t, err)
+	resp, err := http.Post(srv.URL+"/admin/delete/"+url.PathEscape("t1/pay"), "application/json", bytes.NewReader(b))
+	require.NoError(t, err)
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+	assert.Contains(t, string(body), "state")
 	assert.Equal(t, idem.StateCompleted, mustGet(t, s, "t1/pay").State)
 
 	// With the state it was shown, the delete applies.
 	shown = mustGet(t, s, "t1/pay")
-	require.NoError(t, addr.apply("t1/pay", shown, repairOp{name: "delete"}))
+	require.NoError(t, del.apply(ctx, client, "t1/pay", shown))
 	_, err = s.Get(ctx, "t1/pay")
 	assert.ErrorIs(t, err, idem.ErrNotFound)
 }
@@ -856,5 +871,52 @@ func TestImportUnknownFieldAndAdminFlags(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var st idemadmin.Stats
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
-	assert.Equal(t, map[string]int{"in-progress": 1, "completed": 0, "failed": 1}, st.Records, "only t2/")
+	assert.Equal(t, idemadmin.RecordCounts{InProgress: 1, Failed: 1}, st.Records, "only t2/")
+}
+
+// TestRepairChangedWhileAsking: the holder completes the record while the
+// command waits for the operator's answer. The store refuses the delete
+// the operator confirmed, and the command says why and exits 1.
+func TestRepairChangedWhileAsking(t *testing.T) {
+	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, true))
+	defer srv.Close()
+	l, _, err := s.Begin(ctx, "t1/pay", []byte("fp"))
+	require.NoError(t, err)
+
+	cmd := exec.Command(bin, "delete", "-admin", strings.TrimPrefix(srv.URL, "http://"), "t1/pay")
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	var stderr idemtest.SyncBuffer // written by the command's copying goroutine
+	cmd.Stderr = &stderr
+	require.NoError(t, cmd.Start())
+	var shown bytes.Buffer
+	buf := make([]byte, 4096)
+	for !strings.Contains(shown.String(), "[y/N] ") {
+		n, err := stdout.Read(buf)
+		shown.Write(buf[:n])
+		require.NoError(t, err, "the command ended before asking: %s %s", shown.String(), stderr.String())
+	}
+	assert.Regexp(t, `state:\s+in-progress`, shown.String())
+
+	require.NoError(t, l.Complete(ctx, []byte("charged")))
+	_, err = io.WriteString(stdin, "y\n")
+	require.NoError(t, err)
+	require.NoError(t, stdin.Close())
+	_, err = io.Copy(io.Discard, stdout)
+	require.NoError(t, err)
+	err = cmd.Wait()
+	var ee *exec.ExitError
+	require.ErrorAs(t, err, &ee)
+	assert.Equal(t, 1, ee.ExitCode())
+	tok := itoa(l.Token())
+	assert.Contains(t, stderr.String(), "refused, the record changed since it was shown (run idem get t1/pay again): "+
+		`idem: force-delete "t1/pay": lease lost: the stored record is completed with token `+tok+", not in-progress with token "+tok)
+	rec := mustGet(t, s, "t1/pay")
+	assert.Equal(t, idem.StateCompleted, rec.State, "nothing changed")
+	assert.Equal(t, "charged", string(rec.Response))
 }

@@ -7,8 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
-	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -20,6 +18,7 @@ import (
 // streams, so it never holds more than this many rows.
 const listFlush = 200
 
+// errStop ends a list at its -limit.
 var errStop = errors.New("limit reached")
 
 func init() {
@@ -39,24 +38,31 @@ func init() {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
 				}
-				if *limit < 0 || *olderThan < 0 {
-					return usageErr("-limit and -older-than must not be negative")
-				}
 				if err := sf.notWithAdmin(*admin); err != nil {
 					return err
 				}
-				f := idemadmin.Filter{Prefix: *prefix, State: *state, Stale: *stale, OlderThan: *olderThan}
+				f := idemadmin.Filter{Prefix: *prefix, State: *state, Stale: *stale, OlderThan: *olderThan, Limit: *limit}
 				if err := f.Check(); err != nil {
-					return usageErr("%v", err)
+					return usageErr("-%v", err)
+				}
+				if f.Limit > 0 {
+					f.Limit++ // one more than is printed, to learn whether more match
 				}
 				now := time.Now()
 				out := newLister(stdout, *asJSON, now)
-				var n int
+				n := 0
+				row := func(j idemadmin.Record) error {
+					if *limit > 0 && n >= *limit {
+						return errStop
+					}
+					n++
+					return out.row(j)
+				}
 				var err error
 				if *admin != "" {
-					n, err = listFromAdmin(*admin, f, *limit, out.row)
+					err = adminClient(*admin).List(context.Background(), f, row)
 				} else {
-					n, err = listFromStore(sf, f, *limit, now, stderr, out.row)
+					err = listFromStore(sf, f, now, stderr, row)
 				}
 				if ferr := out.flush(); ferr != nil && err == nil {
 					err = ferr
@@ -75,64 +81,16 @@ func init() {
 }
 
 // listFromStore calls row with each record of the store sf names that
-// passes f, up to limit (0: no limit; errStop when reached), and returns
-// how many it passed on.
-func listFromStore(sf *storeFlags, f idemadmin.Filter, limit int, now time.Time, stderr io.Writer, row func(idemadmin.Record) error) (int, error) {
+// passes f.
+func listFromStore(sf *storeFlags, f idemadmin.Filter, now time.Time, stderr io.Writer, row func(idemadmin.Record) error) error {
 	s, err := openStore(sf, true, stderr)
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer s.Close()
-	n := 0
-	err = idemadmin.List(context.Background(), s, f, now, func(_ *idem.Record, j idemadmin.Record) error {
-		if limit > 0 && n >= limit {
-			return errStop
-		}
-		n++
+	return idemadmin.List(context.Background(), s, f, now, func(_ *idem.Record, j idemadmin.Record) error {
 		return row(j)
 	})
-	return n, err
-}
-
-// listFromAdmin does the same through a running server's admin endpoint,
-// asking for one record more than limit to learn whether more match.
-func listFromAdmin(addr string, f idemadmin.Filter, limit int, row func(idemadmin.Record) error) (int, error) {
-	q := url.Values{}
-	for k, v := range map[string]string{"prefix": f.Prefix, "state": f.State} {
-		if v != "" {
-			q.Set(k, v)
-		}
-	}
-	if f.Stale {
-		q.Set("stale", "true")
-	}
-	if f.OlderThan > 0 {
-		q.Set("older-than", f.OlderThan.String())
-	}
-	q.Set("limit", "0")
-	if limit > 0 {
-		q.Set("limit", strconv.Itoa(limit+1))
-	}
-	n := 0
-	err := streamJSON(addr, "/admin/records?"+q.Encode(), func(dec *json.Decoder) error {
-		var line struct {
-			idemadmin.Record
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&line); err != nil {
-			return err
-		}
-		if line.Error != "" {
-			return fmt.Errorf("admin endpoint %s: the list broke off: %s", addr, line.Error)
-		}
-		j := line.Record
-		if limit > 0 && n >= limit {
-			return errStop
-		}
-		n++
-		return row(j)
-	})
-	return n, err
 }
 
 // lister prints records as list does: an aligned table (its header with

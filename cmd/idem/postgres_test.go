@@ -67,7 +67,7 @@ func TestBadgerToPostgres(t *testing.T) {
 	require.Equal(t, 0, r.code, r.stderr)
 	var st idemadmin.Stats
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &st))
-	assert.Equal(t, map[string]int{"in-progress": 2, "completed": 1, "failed": 1}, st.Records)
+	assert.Equal(t, idemadmin.RecordCounts{InProgress: 2, Completed: 1, Failed: 1}, st.Records)
 
 	r = idemCmd(t, "", on("release", "-yes", "t1/stuck")...)
 	require.Equal(t, 0, r.code, r.stderr)

@@ -6,22 +6,18 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
-	"net/url"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/idemdb/idem"
-	"github.com/idemdb/idem/idemadmin"
 )
 
 // The repairs: release, fail and delete. Each reads the record, shows it,
 // asks for confirmation and applies the change fenced on what it showed
 // (idem.Store.ForceRelease, ForceFail, ForceDelete): if the record changed
-// in between, the repair is refused and nothing is written. With -admin
-// they go through a running server's admin endpoint, which applies the
-// same fenced transitions.
+// in between, the store refuses the repair (idem.ChangedError) and nothing
+// is written. With -admin they go through a running server's admin
+// endpoint, which answers the same way.
 
 func init() {
 	register(&command{
@@ -135,22 +131,24 @@ func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, op repair
 	if err != nil {
 		return err
 	}
-	var t repairTarget
 	if err := rf.store.notWithAdmin(*rf.admin); err != nil {
 		return err
 	}
+	var t repairTarget
 	if *rf.admin != "" {
-		t = adminTarget(*rf.admin)
+		t = adminClient(*rf.admin)
 	} else {
 		s, err := openStore(rf.store, false, stderr)
 		if err != nil {
 			return err
 		}
 		defer s.Close()
-		t = storeTarget{s}
+		t = s
 	}
-	rec, err := t.get(key)
+	ctx := context.Background()
+	rec, err := t.Get(ctx, key)
 	var question string
+	shown := rec
 	switch {
 	case errors.Is(err, idem.ErrCorrupt):
 		// Only delete can do anything with a record it cannot read.
@@ -162,21 +160,29 @@ func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, op repair
 	case err != nil:
 		return err
 	default:
-		if *rf.token != 0 && rec.Token != *rf.token {
-			return fmt.Errorf("%q carries token %d, not %d (-token): it changed since you looked; nothing changed", key, rec.Token, *rf.token)
-		}
 		if err := printRecord(stdout, rec, time.Now()); err != nil {
 			return err
 		}
-		if question, err = p(rec); err != nil {
+		if *rf.token != 0 {
+			// The operator pinned the token they were shown before:
+			// the repair is fenced on it.
+			pinned := *rec
+			pinned.Token = *rf.token
+			shown = &pinned
+		}
+		if question, err = p(shown); err != nil {
 			return err
 		}
 	}
 	if err := confirm(stdout, *rf.yes, question); err != nil {
 		return err
 	}
-	if err := t.apply(key, rec, op); err != nil {
-		if errors.Is(err, idem.ErrLeaseLost) || errors.Is(err, errRefused) {
+	if err := op.apply(ctx, t, key, shown); err != nil {
+		var changed *idem.ChangedError
+		switch {
+		case errors.As(err, &changed) && *rf.token != 0:
+			return fmt.Errorf("refused, the record is not the one pinned with -token %d (run idem get %s again): %w", *rf.token, key, err)
+		case errors.As(err, &changed):
 			return fmt.Errorf("refused, the record changed since it was shown (run idem get %s again): %w", key, err)
 		}
 		return err
@@ -186,68 +192,27 @@ func (rf *repairFlags) repair(args []string, stdout, stderr io.Writer, op repair
 }
 
 // repairTarget is where a repair reads the record and applies the change:
-// a store the command opened, or a running server's admin endpoint.
+// a store the command opened (*idem.Store), or a running server's admin
+// endpoint (*idemadmin.Client), which answers as the store does.
 type repairTarget interface {
-	// get returns key's record, or an error wrapping idem.ErrCorrupt for
-	// one that cannot be decoded.
-	get(key string) (*idem.Record, error)
-	// apply makes op fenced on rec, the record shown (nil: the corrupt
-	// record).
-	apply(key string, rec *idem.Record, op repairOp) error
+	Get(ctx context.Context, key string) (*idem.Record, error)
+	ForceRelease(ctx context.Context, key string, token uint64) error
+	ForceFail(ctx context.Context, key string, token uint64, response []byte, retryable bool) error
+	ForceDelete(ctx context.Context, key string, seen *idem.Record) error
 }
 
-type storeTarget struct{ s *idem.Store }
-
-func (t storeTarget) get(key string) (*idem.Record, error) {
-	return t.s.Get(context.Background(), key)
-}
-
-func (t storeTarget) apply(key string, rec *idem.Record, op repairOp) error {
-	ctx := context.Background()
+// apply makes op on t fenced on shown, the record shown (nil: the corrupt
+// record).
+func (op repairOp) apply(ctx context.Context, t repairTarget, key string, shown *idem.Record) error {
 	switch {
-	case rec == nil:
-		return t.s.ForceDelete(ctx, key, nil)
+	case shown == nil:
+		return t.ForceDelete(ctx, key, nil)
 	case op.name == "release":
-		return t.s.ForceRelease(ctx, key, rec.Token)
+		return t.ForceRelease(ctx, key, shown.Token)
 	case op.name == "fail":
-		return t.s.ForceFail(ctx, key, rec.Token, op.response, op.retryable)
-	default:
-		return t.s.ForceDelete(ctx, key, rec)
+		return t.ForceFail(ctx, key, shown.Token, op.response, op.retryable)
 	}
-}
-
-type adminTarget string
-
-func (addr adminTarget) get(key string) (*idem.Record, error) {
-	var j idemadmin.Record
-	if err := fetchJSON(string(addr), "/admin/records/"+keyPath(key), &j); err != nil {
-		return nil, err
-	}
-	if j.State == idemadmin.StateCorrupt {
-		return nil, fmt.Errorf("%w (from %s): %s", idem.ErrCorrupt, addr, j.Corrupt)
-	}
-	return j.ToRecord()
-}
-
-func (addr adminTarget) apply(key string, rec *idem.Record, op repairOp) error {
-	req := idemadmin.RepairRequest{Response: op.response, Retryable: op.retryable}
-	if rec == nil {
-		req.Corrupt = true
-	} else {
-		req.Token, req.State = rec.Token, rec.State.String()
-	}
-	return adminCall(string(addr), http.MethodPost, "/admin/"+op.name+"/"+keyPath(key), req,
-		func(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err })
-}
-
-// keyPath returns key as one segment of an admin endpoint's URL path. The
-// keys "." and ".." are escaped in full: as they are, the server's path
-// cleaning would remove them.
-func keyPath(key string) string {
-	if key == "." || key == ".." {
-		return strings.Repeat("%2E", len(key))
-	}
-	return url.PathEscape(key)
+	return t.ForceDelete(ctx, key, shown)
 }
 
 func needInProgress(rec *idem.Record, verb string) error {

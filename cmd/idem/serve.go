@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,16 +11,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idemdb/idem"
-	"github.com/idemdb/idem/idemhttp"
 	"github.com/idemdb/idem/idemprom"
+	"github.com/idemdb/idem/internal/payments"
 )
 
 func init() {
@@ -106,8 +101,8 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
 		}}, nil
 	}
-	payments := newPaymentsAPI()
-	api, err := newServer("api", cfg.addr, newServeHandler(s, payments, log))
+	pay := payments.NewAPI()
+	api, err := newServer("api", cfg.addr, newServeHandler(s, pay, log))
 	if err != nil {
 		return err
 	}
@@ -129,7 +124,7 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 			}
 			return fmt.Errorf("grpc: %w", err)
 		}
-		servers = append(servers, server{"grpc", ln, newGRPCServer(s, payments, log)})
+		servers = append(servers, server{"grpc", ln, newGRPCServer(s, pay, log)})
 	}
 
 	errc := make(chan error, len(servers))
@@ -165,124 +160,11 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 	return errors.Join(errs...)
 }
 
-// paymentsTTL is how long payment outcomes are replayed.
-const paymentsTTL = 7 * 24 * time.Hour
-
-// newServeHandler returns the HTTP handler of `idem serve`: the payments
-// API behind the idempotency middleware, with request logging. Listeners
-// and stores are the caller's, so other front ends (an admin listener,
-// another backend) can reuse it.
-func newServeHandler(s *idem.Store, api *paymentsAPI, log *slog.Logger) http.Handler {
-	mw := idemhttp.New(s, &idemhttp.Options{
-		// Creating a payment without a key cannot be retried safely.
-		Required:      func(*http.Request) bool { return true },
-		Scope:         principal,
-		CanonicalJSON: true,
-		TTL: func(r *http.Request) time.Duration {
-			if strings.HasPrefix(r.URL.Path, "/payments") {
-				return paymentsTTL
-			}
-			return 0 // the store's default, 24 hours
-		},
-		ExpiresHeader: "Idempotency-Expires",
-		Logger:        log,
-	})
-	mux := http.NewServeMux()
-	mux.Handle("POST /payments", mw(http.HandlerFunc(api.create)))
-	mux.HandleFunc("GET /payments/{id}", api.get)
-	return logRequests(log, mux)
-}
-
-// principal scopes idempotency keys by the caller's credentials: a digest
-// of the Authorization header, so tokens never reach the store. Anonymous
-// callers share the empty scope.
-func principal(r *http.Request) string {
-	auth := r.Header.Get("Authorization")
-	if auth == "" {
-		return ""
-	}
-	sum := sha256.Sum256([]byte(auth))
-	return "auth-" + hex.EncodeToString(sum[:8])
-}
-
-// payment is one charge made by the payments API.
-type payment struct {
-	ID       string    `json:"id"`
-	Amount   int64     `json:"amount"`
-	Currency string    `json:"currency"`
-	Status   string    `json:"status"`
-	Created  time.Time `json:"created"`
-}
-
-// paymentsAPI is an example payments API. Payments live in memory: it
-// shows the middleware, it is not a ledger.
-type paymentsAPI struct {
-	delay time.Duration // how long a charge takes
-
-	mu   sync.Mutex // protects byID
-	byID map[string]payment
-}
-
-func newPaymentsAPI() *paymentsAPI {
-	return &paymentsAPI{byID: map[string]payment{}}
-}
-
-// charges returns the number of payments made.
-func (a *paymentsAPI) charges() int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return len(a.byID)
-}
-
-func (a *paymentsAPI) create(w http.ResponseWriter, r *http.Request) {
-	var req struct {
-		Amount   int64  `json:"amount"`
-		Currency string `json:"currency"`
-	}
-	d := json.NewDecoder(r.Body)
-	d.DisallowUnknownFields()
-	if err := d.Decode(&req); err != nil {
-		apiProblem(w, http.StatusBadRequest, "invalid payment", "the body must be a JSON object {\"amount\": cents, \"currency\": \"USD\"}: "+err.Error())
-		return
-	}
-	if req.Amount <= 0 {
-		apiProblem(w, http.StatusBadRequest, "invalid payment", fmt.Sprintf("amount %d is not positive", req.Amount))
-		return
-	}
-	if len(req.Currency) != 3 || strings.ToUpper(req.Currency) != req.Currency {
-		apiProblem(w, http.StatusBadRequest, "invalid payment", fmt.Sprintf("currency %q is not a three-letter upper-case code", req.Currency))
-		return
-	}
-	select {
-	case <-time.After(a.delay): // the card network
-	case <-r.Context().Done():
-		apiProblem(w, http.StatusServiceUnavailable, "payment interrupted", "the request was canceled before the charge")
-		return
-	}
-	a.mu.Lock()
-	p := payment{ID: fmt.Sprintf("pay_%06d", len(a.byID)+1), Amount: req.Amount, Currency: req.Currency, Status: "succeeded", Created: time.Now().UTC()}
-	a.byID[p.ID] = p
-	a.mu.Unlock()
-	w.Header().Set("Location", "/payments/"+p.ID)
-	writeJSON(w, http.StatusCreated, p)
-}
-
-func (a *paymentsAPI) get(w http.ResponseWriter, r *http.Request) {
-	a.mu.Lock()
-	p, ok := a.byID[r.PathValue("id")]
-	a.mu.Unlock()
-	if !ok {
-		apiProblem(w, http.StatusNotFound, "no such payment", fmt.Sprintf("no payment has id %q", r.PathValue("id")))
-		return
-	}
-	writeJSON(w, http.StatusOK, p)
-}
-
-func apiProblem(w http.ResponseWriter, status int, title, detail string) {
-	b, _ := json.Marshal(map[string]any{"type": "about:blank", "title": title, "status": status, "detail": detail})
-	w.Header().Set("Content-Type", "application/problem+json")
-	w.WriteHeader(status)
-	w.Write(b)
+// newServeHandler returns the HTTP handler of `idem serve` and the demo:
+// the example payments API (internal/payments) behind the idempotency
+// middleware on s, with request logging.
+func newServeHandler(s *idem.Store, api *payments.API, log *slog.Logger) http.Handler {
+	return logRequests(log, payments.Handler(s, api, log))
 }
 
 // logRequests logs one line per request.
@@ -307,9 +189,3 @@ func (s *statusWriter) WriteHeader(code int) {
 }
 
 func (s *statusWriter) Unwrap() http.ResponseWriter { return s.ResponseWriter }
-
-func writeJSON(w http.ResponseWriter, code int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(code)
-	_ = json.NewEncoder(w).Encode(v)
-}

@@ -2,14 +2,11 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"fmt"
+	"errors"
 	"log/slog"
 	"math"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,6 +17,7 @@ import (
 
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemgrpc"
+	"github.com/idemdb/idem/internal/payments"
 )
 
 // The payments API over gRPC (idem serve -grpc): one method, Charge,
@@ -61,18 +59,18 @@ var paymentsDesc = grpc.ServiceDesc{
 
 // newGRPCServer returns the gRPC server of idem serve -grpc: api's
 // payments behind the idempotency interceptor on s, with call logging.
-func newGRPCServer(s *idem.Store, api *paymentsAPI, log *slog.Logger) grpcServer {
+func newGRPCServer(s *idem.Store, api *payments.API, log *slog.Logger) grpcServer {
 	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(
 		logCalls(log),
 		idemgrpc.UnaryServerInterceptor(s, &idemgrpc.Options{
 			// Charging without a key cannot be retried safely.
 			RequireKey: func(string) bool { return true },
 			Scope:      grpcPrincipal,
-			TTL:        func(context.Context, string) time.Duration { return paymentsTTL },
+			TTL:        func(context.Context, string) time.Duration { return payments.TTL },
 			Logger:     log,
 		}),
 	))
-	srv.RegisterService(&paymentsDesc, api)
+	srv.RegisterService(&paymentsDesc, grpcPayments{api})
 	return grpcServer{srv}
 }
 
@@ -108,19 +106,20 @@ func (g grpcServer) Shutdown(ctx context.Context) error {
 }
 
 // grpcPrincipal scopes idempotency keys by the caller's credentials, as
-// principal does for HTTP: a digest of the authorization metadata.
+// the HTTP API does: a digest of the authorization metadata.
 func grpcPrincipal(ctx context.Context) string {
 	md, _ := metadata.FromIncomingContext(ctx)
-	auth := md.Get("authorization")
-	if len(auth) == 0 || auth[0] == "" {
-		return ""
+	if auth := md.Get("authorization"); len(auth) > 0 {
+		return payments.Scope(auth[0])
 	}
-	sum := sha256.Sum256([]byte(auth[0]))
-	return "auth-" + hex.EncodeToString(sum[:8])
+	return ""
 }
 
-// chargeGRPC makes a payment: the gRPC twin of create.
-func (a *paymentsAPI) chargeGRPC(ctx context.Context, in *structpb.Struct) (*structpb.Struct, error) {
+// grpcPayments serves paymentsDesc with the payments API.
+type grpcPayments struct{ api *payments.API }
+
+// chargeGRPC makes a payment: the gRPC twin of POST /payments.
+func (g grpcPayments) chargeGRPC(ctx context.Context, in *structpb.Struct) (*structpb.Struct, error) {
 	const usage = `the request must be a Struct {"amount": cents, "currency": "USD"}`
 	var amount float64
 	var currency string
@@ -145,19 +144,14 @@ func (a *paymentsAPI) chargeGRPC(ctx context.Context, in *structpb.Struct) (*str
 	if amount <= 0 || amount != math.Trunc(amount) || amount > 1<<53 {
 		return nil, status.Errorf(codes.InvalidArgument, "amount %v is not a positive whole number of cents", amount)
 	}
-	if len(currency) != 3 || strings.ToUpper(currency) != currency {
-		return nil, status.Errorf(codes.InvalidArgument, "currency %q is not a three-letter upper-case code", currency)
-	}
-	select {
-	case <-time.After(a.delay): // the card network
-	case <-ctx.Done():
+	p, err := g.api.Charge(ctx, int64(amount), currency)
+	switch {
+	case errors.Is(err, payments.ErrInvalid):
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	case err != nil:
 		// Retryable: nothing was charged.
 		return nil, status.Error(codes.Unavailable, "the call was canceled before the charge")
 	}
-	a.mu.Lock()
-	p := payment{ID: fmt.Sprintf("pay_%06d", len(a.byID)+1), Amount: int64(amount), Currency: currency, Status: "succeeded", Created: time.Now().UTC()}
-	a.byID[p.ID] = p
-	a.mu.Unlock()
 	return structpb.NewStruct(map[string]any{
 		"id":       p.ID,
 		"amount":   float64(p.Amount),

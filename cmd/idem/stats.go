@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"text/tabwriter"
 	"time"
 
@@ -31,7 +30,8 @@ func init() {
 				}
 				var st idemadmin.Stats
 				if *admin != "" {
-					if err := fetchJSON(*admin, "/admin/stats?prefix="+url.QueryEscape(*prefix), &st); err != nil {
+					var err error
+					if st, err = adminClient(*admin).Stats(context.Background(), *prefix); err != nil {
 						return err
 					}
 				} else {
@@ -55,14 +55,10 @@ func init() {
 
 func printStats(w io.Writer, st *idemadmin.Stats) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	total := 0
-	for _, n := range st.Records {
-		total += n
-	}
-	fmt.Fprintf(tw, "records:\t%d\n", total)
-	fmt.Fprintf(tw, "  in-progress:\t%d\t(%d stale: lease lapsed with no takeover)\n", st.Records["in-progress"], st.StaleLeases)
-	fmt.Fprintf(tw, "  completed:\t%d\n", st.Records["completed"])
-	fmt.Fprintf(tw, "  failed:\t%d\n", st.Records["failed"])
+	fmt.Fprintf(tw, "records:\t%d\n", st.Records.Total())
+	fmt.Fprintf(tw, "  in-progress:\t%d\t(%d stale: lease lapsed with no takeover)\n", st.Records.InProgress, st.StaleLeases)
+	fmt.Fprintf(tw, "  completed:\t%d\n", st.Records.Completed)
+	fmt.Fprintf(tw, "  failed:\t%d\n", st.Records.Failed)
 	fmt.Fprintf(tw, "corrupt:\t%d\n", st.Corrupt)
 	if st.OldestInProgressKey != "" {
 		fmt.Fprintf(tw, "oldest in-progress:\t%s\t(key %s)\n", short(time.Duration(st.OldestInProgressSeconds*float64(time.Second))), st.OldestInProgressKey)

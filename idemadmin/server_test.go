@@ -93,6 +93,9 @@ func TestBadRequests(t *testing.T) {
 		{"not an object", "repair body"},
 		{map[string]any{"token": l.Token(), "extra": 1}, "unknown field"},
 		{map[string]any{}, "no token"},
+		{idemadmin.RepairRequest{Corrupt: true}, "delete only"},
+		{idemadmin.RepairRequest{Token: l.Token(), State: "completed"}, "release ends an in-progress record, not a completed one"},
+		{idemadmin.RepairRequest{Token: l.Token(), State: "done"}, "unknown state"},
 	} {
 		code, body := call(t, h, "POST", "/admin/release/k", c.body)
 		assert.Equal(t, http.StatusBadRequest, code, c.body)
@@ -100,7 +103,7 @@ func TestBadRequests(t *testing.T) {
 	}
 	code, body := call(t, h, "POST", "/admin/release/absent", idemadmin.RepairRequest{Token: 1})
 	assert.Equal(t, http.StatusNotFound, code, body)
-	code, body = call(t, h, "POST", "/admin/release/k", idemadmin.RepairRequest{Corrupt: true})
+	code, body = call(t, h, "POST", "/admin/delete/k", idemadmin.RepairRequest{Corrupt: true})
 	assert.Equal(t, http.StatusConflict, code, body)
 	assert.Contains(t, body, "not corrupt")
 

@@ -1,0 +1,271 @@
+// Package idemadmin is the admin protocol of a running store, both sides:
+// Handler serves one record, a filtered list, a census with the store's
+// counters and, when enabled, the same fenced repairs as the idem command
+// (release, fail, delete); Client calls them.
+//
+// A store on Badger belongs to one process, so while a service runs, the
+// idem command cannot open its data directory; mount this handler in the
+// service, on a listen address of its own that only operators reach, and
+// point the command at it (idem get -admin ADDR KEY, idem list -admin ADDR,
+// idem stats -admin ADDR, idem release -admin ADDR KEY):
+//
+//	go http.ListenAndServe("127.0.0.1:9090", idemadmin.Handler(store, nil))
+//
+// The endpoints, all answering JSON with snake_case keys:
+//
+//	GET  /admin/records/{key}  one record (Record), 404 when absent
+//	GET  /admin/records        records, one Record per line, filtered by the
+//	                           query (Filter.Encode): prefix, state,
+//	                           stale=true, older-than=10m, limit (default
+//	                           100, 0: all)
+//	GET  /admin/stats          the census (Stats) with the store's counters
+//	POST /admin/release/{key}  repairs, with Options.Repairs only: the body is
+//	POST /admin/fail/{key}     a RepairRequest naming the token (and for
+//	POST /admin/delete/{key}   delete the state) the operator was shown; a
+//	                           record that changed meanwhile gets 409, a
+//	                           Problem with the stored record, and nothing
+//	                           changes
+//
+// Repairs are off by default: whoever can reach them can make a request run
+// twice. Each one is logged by the store (key, operation, token; never the
+// response). The record and list endpoints show responses, which may hold
+// personal data: the handler has no authentication of its own, so keep its
+// address private or wrap it in the service's own.
+package idemadmin
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/idemdb/idem"
+)
+
+// Options configure Handler. The zero value serves the read-only endpoints.
+type Options struct {
+	// Repairs enables the repair endpoints (release, fail, delete).
+	Repairs bool
+	// Logger receives a line per refused or failed request. Nil means
+	// silent, as everywhere in idem. Repairs themselves are logged by the
+	// store.
+	Logger *slog.Logger
+	// Now is the clock that decides which leases are stale and how old a
+	// record is. Nil means the store's clock (idem.Options.Now).
+	Now func() time.Time
+}
+
+// RepairRequest is the body of a repair: what the operator was shown of
+// the record, for the store to fence the repair on (idem.Record.Same),
+// and for fail the response to replay and whether the next retry may run
+// the request again instead. Every repair names the fencing token. Delete
+// names the state too: a holder that completes keeps its token, and
+// deleting the completed record would make the next retry run the request
+// again; release and fail apply to in-progress records only. A delete may
+// send CreatedAt too, which tells the record apart from a later one under
+// the same key. To delete a record that cannot be decoded, send Corrupt
+// and no token.
+type RepairRequest struct {
+	Token     uint64     `json:"token"`
+	State     string     `json:"state,omitempty"`
+	CreatedAt *time.Time `json:"created_at,omitempty"`
+	Response  []byte     `json:"response,omitempty"`
+	Retryable bool       `json:"retryable,omitempty"`
+	Corrupt   bool       `json:"corrupt,omitempty"`
+}
+
+// Problem is the body of every answer that is not a success: Error says
+// what went wrong. A repair refused because the record is not the one
+// shown answers 409 with the store's *idem.ChangedError: its message,
+// Stored, the record stored now, and Want, what the request said was
+// stored.
+type Problem struct {
+	Error  string  `json:"error"`
+	Stored *Record `json:"stored,omitempty"`
+	Want   string  `json:"want,omitempty"`
+}
+
+// maxRepairBody bounds a repair's body: a failure's response is at most
+// the store's MaxResponseSize, which is 1 MiB by default; base64 adds a
+// third.
+const maxRepairBody = 64 << 20
+
+// Handler returns the admin endpoints of s; see the package documentation.
+// Nil options mean the zero Options.
+func Handler(s *idem.Store, opts *Options) http.Handler {
+	a := &server{s: s}
+	if opts != nil {
+		a.opts = *opts
+	}
+	if a.opts.Logger == nil {
+		a.opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if a.opts.Now == nil {
+		a.opts.Now = s.Options().Now
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /admin/records/{key...}", a.get)
+	mux.HandleFunc("GET /admin/records", a.list)
+	mux.HandleFunc("GET /admin/stats", a.stats)
+	mux.HandleFunc("POST /admin/release/{key...}", a.repair("release"))
+	mux.HandleFunc("POST /admin/fail/{key...}", a.repair("fail"))
+	mux.HandleFunc("POST /admin/delete/{key...}", a.repair("delete"))
+	return mux
+}
+
+type server struct {
+	s    *idem.Store
+	opts Options
+}
+
+func (a *server) get(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	rec, err := a.s.Get(r.Context(), key)
+	switch {
+	case errors.Is(err, idem.ErrCorrupt):
+		writeJSON(w, http.StatusOK, CorruptRecord(key, err))
+	case err != nil:
+		a.fail(w, r, err)
+	default:
+		writeJSON(w, http.StatusOK, FromRecord(rec))
+	}
+}
+
+func (a *server) list(w http.ResponseWriter, r *http.Request) {
+	f, err := ParseFilter(r.URL.Query())
+	if err != nil {
+		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(w)
+	n := 0
+	err = List(r.Context(), a.s, f, a.opts.Now(), func(_ *idem.Record, j Record) error {
+		n++
+		return enc.Encode(j)
+	})
+	switch {
+	case err != nil && n == 0:
+		a.fail(w, r, err)
+	case err != nil:
+		// Lines were sent already: end the stream with the error.
+		_ = enc.Encode(Problem{Error: err.Error()})
+	}
+}
+
+func (a *server) stats(w http.ResponseWriter, r *http.Request) {
+	st, err := TakeStats(r.Context(), a.s, r.URL.Query().Get("prefix"))
+	if err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	c := a.s.Stats()
+	st.Counters = &c
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (a *server) repair(op string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.opts.Repairs {
+			a.problem(w, r, http.StatusForbidden, Problem{Error: "repairs are off on this endpoint (idemadmin.Options.Repairs; idem serve -admin-repairs)"})
+			return
+		}
+		key := r.PathValue("key")
+		var req RepairRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRepairBody))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			a.problem(w, r, http.StatusBadRequest, Problem{Error: "repair body: " + err.Error() + ` (want {"token": N})`})
+			return
+		}
+		shown, err := req.shown(op)
+		if err != nil {
+			a.problem(w, r, http.StatusBadRequest, Problem{Error: "repair body: " + err.Error()})
+			return
+		}
+		ctx := r.Context()
+		switch op {
+		case "release":
+			err = a.s.ForceRelease(ctx, key, req.Token)
+		case "fail":
+			err = a.s.ForceFail(ctx, key, req.Token, req.Response, req.Retryable)
+		default:
+			err = a.s.ForceDelete(ctx, key, shown)
+		}
+		var changed *idem.ChangedError
+		switch {
+		case errors.As(err, &changed):
+			p := Problem{Error: err.Error(), Want: changed.Want}
+			if changed.Stored != nil {
+				j := FromRecord(changed.Stored)
+				p.Stored = &j
+			}
+			a.problem(w, r, http.StatusConflict, p)
+		case errors.Is(err, idem.ErrCorrupt):
+			a.problem(w, r, http.StatusConflict, Problem{Error: fmt.Sprintf("%v; only delete with \"corrupt\": true removes it", err)})
+		case err != nil:
+			a.fail(w, r, err)
+		default:
+			writeJSON(w, http.StatusOK, map[string]string{"done": op, "key": key})
+		}
+	}
+}
+
+// shown returns the record req says the operator was shown, for a repair
+// op to be fenced on (nil: a corrupt record), or what is missing or
+// contradictory in req. Whether the stored record is still that one is
+// the store's to decide.
+func (req *RepairRequest) shown(op string) (*idem.Record, error) {
+	switch {
+	case req.Corrupt && op != "delete":
+		return nil, fmt.Errorf(`"corrupt": true goes with delete only: a record that cannot be read cannot be ended with %s`, op)
+	case req.Corrupt:
+		return nil, nil
+	case req.Token == 0:
+		return nil, errors.New("no token (send the token of the record you were shown)")
+	case op == "delete" && req.State == "":
+		return nil, errors.New(`no state (a delete sends the state of the record you were shown, e.g. "state": "in-progress")`)
+	}
+	rec := &idem.Record{State: idem.StateInProgress, Token: req.Token, CreatedAt: timeVal(req.CreatedAt)}
+	if req.State != "" {
+		st, err := idem.ParseState(req.State)
+		if err != nil {
+			return nil, fmt.Errorf("state: %w", err)
+		}
+		if op != "delete" && st != idem.StateInProgress {
+			return nil, fmt.Errorf("%s ends an in-progress record, not a %s one (delete removes a record whatever its state)", op, st)
+		}
+		rec.State = st
+	}
+	return rec, nil
+}
+
+// fail answers a store error with the status it calls for.
+func (a *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, idem.ErrNotFound):
+		a.problem(w, r, http.StatusNotFound, Problem{Error: err.Error()})
+	case errors.Is(err, idem.ErrInvalidKey), errors.Is(err, idem.ErrTooLarge):
+		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
+	case r.Context().Err() != nil:
+		// The client has gone.
+	default:
+		a.opts.Logger.Error("idemadmin: store error", "path", r.URL.Path, "err", err)
+		a.problem(w, r, http.StatusInternalServerError, Problem{Error: err.Error()})
+	}
+}
+
+func (a *server) problem(w http.ResponseWriter, r *http.Request, code int, p Problem) {
+	if code >= 400 && code != http.StatusNotFound {
+		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", r.URL.Path, "status", code, "reason", p.Error)
+	}
+	writeJSON(w, code, p)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
