@@ -94,7 +94,7 @@ func (s *Store) load(ctx context.Context, op, key string) (*Record, error) {
 	if data == nil {
 		return nil, wrap(op, key, ErrNotFound)
 	}
-	rec, err := DecodeRecord(key, data)
+	rec, err := decodeRecord(key, data)
 	if err != nil {
 		return nil, wrap(op, key, err)
 	}
@@ -128,7 +128,7 @@ func (s *Store) ForceDelete(ctx context.Context, key string, seen *Record) error
 		if cur == nil {
 			return wrap(op, key, ErrNotFound)
 		}
-		rec, derr := DecodeRecord(key, cur)
+		rec, derr := decodeRecord(key, cur)
 		switch {
 		case seen == nil && derr == nil:
 			return wrap(op, key, fmt.Errorf("%w: the stored record is no longer corrupt (%s, token %d)", ErrLeaseLost, rec.State, rec.Token))
@@ -186,7 +186,7 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 		return wrap(op, key, err)
 	}
 	defer s.mu.RUnlock()
-	data := EncodeRecord(rec)
+	data := encodeRecord(rec)
 	var cur []byte
 	for {
 		now := s.now()
@@ -198,7 +198,7 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 			if bytes.Equal(cur, data) {
 				return nil // already restored
 			}
-			old, err := DecodeRecord(key, cur)
+			old, err := decodeRecord(key, cur)
 			// A corrupt or expired record is replaced: it is not live.
 			if err == nil && !old.Expired(now) {
 				if !overwrite {

@@ -51,7 +51,7 @@ func TestDiskReclaimAfterMassExpiry(t *testing.T) {
 		// the peak look small.
 		rec := &Record{State: StateCompleted, Fingerprint: randomBytes(32), Response: randomBytes(150),
 			Attempts: 1, Token: 1, CreatedAt: time.Now(), UpdatedAt: time.Now(), ExpiresAt: expires}
-		e := badger.NewEntry(dbKey(fmt.Sprintf("%016x", rand.Uint64())), EncodeRecord(rec))
+		e := badger.NewEntry(dbKey(fmt.Sprintf("%016x", rand.Uint64())), encodeRecord(rec))
 		e.ExpiresAt = uint64(expires.Unix()) + 1
 		require.NoError(t, wb.SetEntry(e))
 	}

@@ -73,7 +73,7 @@ func (s *Store) CollectGarbage(ctx context.Context) (GCReport, error) {
 	start := time.Now()
 	now := s.now()
 	err := s.b.Scan(ctx, "", func(key string, value []byte) error {
-		rec, err := DecodeRecord(key, value)
+		rec, err := decodeRecord(key, value)
 		switch {
 		case err != nil:
 			rep.Corrupt++

@@ -166,7 +166,7 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 		if cur == nil {
 			return s.lost(op, l, nil, now)
 		}
-		rec, err := DecodeRecord(l.key, cur)
+		rec, err := decodeRecord(l.key, cur)
 		if err != nil {
 			return wrap(op, l.key, err)
 		}
@@ -187,7 +187,7 @@ func (s *Store) fenced(ctx context.Context, op string, l *Lease, durable bool, a
 		var next []byte
 		expire := time.Time{}
 		if !apply(rec, now) {
-			next = EncodeRecord(rec)
+			next = encodeRecord(rec)
 			expire = physicalExpiry(rec.ExpiresAt, now, time.Now())
 		}
 		current, swapped, err := s.b.CompareAndSwap(ctx, l.key, cur, next, expire, durable)

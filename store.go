@@ -225,7 +225,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 		var old *Record
 		if cur != nil {
 			var err error
-			if old, err = DecodeRecord(key, cur); err != nil {
+			if old, err = decodeRecord(key, cur); err != nil {
 				return nil, nil, wrap("begin", key, err)
 			}
 		}
@@ -240,7 +240,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 			s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
 				"lapsed", now.Sub(old.LeaseUntil).String())
 		}
-		data := EncodeRecord(next)
+		data := encodeRecord(next)
 		current, swapped, err := s.b.CompareAndSwap(ctx, key, cur, data, physicalExpiry(next.ExpiresAt, now, time.Now()), false)
 		if err != nil {
 			return nil, nil, wrap("begin", key, err)
@@ -357,7 +357,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 		s.stats.misses.Add(1)
 		return nil, wrap("get", key, ErrNotFound)
 	}
-	rec, err := DecodeRecord(key, data)
+	rec, err := decodeRecord(key, data)
 	if err != nil {
 		return nil, wrap("get", key, err)
 	}
@@ -414,7 +414,7 @@ func (s *Store) Scan(ctx context.Context, prefix string, fn func(key string, rec
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rec, err := DecodeRecord(key, bytes.Clone(value))
+		rec, err := decodeRecord(key, bytes.Clone(value))
 		if err != nil {
 			return fn(key, nil, err)
 		}
