@@ -69,7 +69,7 @@ func (s *Store) census(ctx context.Context, prefix string, limit int) (Census, e
 			return errCensusLimit
 		}
 		c.Scanned++
-		rec, err := DecodeRecord(key, value)
+		rec, err := decodeRecord(key, value)
 		switch {
 		case err != nil:
 			c.Corrupt++

@@ -192,7 +192,7 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 		if cur == nil {
 			return nil, time.Time{}, s.lost(op, l, nil, now)
 		}
-		rec, err := DecodeRecord(l.key, cur)
+		rec, err := decodeRecord(l.key, cur)
 		if err != nil {
 			return nil, time.Time{}, wrap(op, l.key, err)
 		}
@@ -210,10 +210,10 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 			return nil, time.Time{}, nil
 		}
 		if rec.State == StateInProgress {
-			next = EncodeRecord(rec)
+			next = encodeRecord(rec)
 			return next, physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 		}
-		return EncodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
+		return encodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 	})
 	switch {
 	case err == nil && next != nil:

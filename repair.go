@@ -142,7 +142,7 @@ func (s *Store) repair(ctx context.Context, op, key string, shown *Record, chang
 		if cur == nil {
 			return nil, time.Time{}, wrap(op, key, ErrNotFound)
 		}
-		rec, derr := DecodeRecord(key, cur)
+		rec, derr := decodeRecord(key, cur)
 		switch {
 		case derr != nil && (shown != nil || change != nil):
 			return nil, time.Time{}, wrap(op, key, derr)
@@ -156,7 +156,7 @@ func (s *Store) repair(ctx context.Context, op, key string, shown *Record, chang
 			return nil, time.Time{}, nil
 		}
 		change(rec, now)
-		return EncodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
+		return encodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 	})
 	if err != nil {
 		return err
@@ -195,7 +195,7 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 		return wrap(op, key, err)
 	}
 	defer s.mu.RUnlock()
-	data := EncodeRecord(rec)
+	data := encodeRecord(rec)
 	replaced := false
 	err := s.update(ctx, s.b, op, key, nil, true, true, func(cur []byte, _ bool, now time.Time) ([]byte, time.Time, error) {
 		if rec.Expired(now) {
@@ -206,7 +206,7 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 			if bytes.Equal(cur, data) {
 				return nil, time.Time{}, errNoWrite // already restored
 			}
-			old, err := DecodeRecord(key, cur)
+			old, err := decodeRecord(key, cur)
 			// A corrupt or expired record is replaced: it is not live.
 			if err == nil && !old.Expired(now) {
 				if !overwrite {

@@ -269,7 +269,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 		var old *Record
 		if cur != nil {
 			var err error
-			if old, err = DecodeRecord(key, cur); err != nil {
+			if old, err = decodeRecord(key, cur); err != nil {
 				return nil, time.Time{}, wrap("begin", key, err)
 			}
 		}
@@ -288,7 +288,7 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 			s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
 				"lapsed", now.Sub(old.LeaseUntil).String())
 		}
-		data := EncodeRecord(next)
+		data := encodeRecord(next)
 		lease = &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
 		leased = next
 		return data, physicalExpiry(next.ExpiresAt, now, time.Now()), nil
@@ -409,7 +409,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 		s.stats.misses.Add(1)
 		return nil, wrap("get", key, ErrNotFound)
 	}
-	rec, err := DecodeRecord(key, data)
+	rec, err := decodeRecord(key, data)
 	if err != nil {
 		return nil, wrap("get", key, err)
 	}
@@ -467,7 +467,7 @@ func (s *Store) Scan(ctx context.Context, prefix string, fn func(key string, rec
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rec, err := DecodeRecord(key, bytes.Clone(value))
+		rec, err := decodeRecord(key, bytes.Clone(value))
 		if err != nil {
 			return fn(key, nil, err)
 		}

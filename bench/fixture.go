@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
@@ -35,8 +36,8 @@ const responseSize = 100
 
 // rawRecord is the struct a user of raw Badger would keep for an
 // idempotency key: the same fields as idem.Record, encoded by reflection
-// with msgpack as an array, which is byte-compatible with idem's stored
-// form, so the raw baselines decode exactly the bytes the store reads.
+// with msgpack as an array in idem's stored layout, so the raw baselines
+// decode exactly the bytes the store reads.
 type rawRecord struct {
 	//lint:ignore U1000 read by msgpack through its tag
 	_msgpack    struct{} `msgpack:",as_array"`
@@ -77,11 +78,43 @@ var response = []byte(`{"id":"ch_3PqRtY2eZvKYlo2C1x8bQmNd","status":"succeeded",
 // completedRecord returns the stored form of a completed record for key,
 // living ttl from now.
 func completedRecord(key string, now time.Time, ttl time.Duration) []byte {
-	return idem.EncodeRecord(&idem.Record{
+	return storedForm(completed(key, now, ttl))
+}
+
+// completed returns the completed record of key, living ttl from now.
+func completed(key string, now time.Time, ttl time.Duration) *idem.Record {
+	return &idem.Record{
 		Key: key, State: idem.StateCompleted, Fingerprint: fingerprintOf(key), Response: response,
 		Attempts: 1, Token: binary.BigEndian.Uint64(fingerprintOf(key)) >> 12, CreatedAt: now, UpdatedAt: now,
 		ExpiresAt: now.Add(ttl),
-	})
+	}
+}
+
+// storedForm returns the bytes the store keeps for r (format version 1),
+// so that fixtures can be written straight into Badger and Redis in
+// batches: the store's own writes take one transaction each. It is
+// rawRecord encoded by msgpack with the smallest integer forms, as the
+// store writes them; TestStoredForm checks it against the bytes the store
+// writes through Store.Restore. Times must lie within Unix nanoseconds
+// (1677 to 2262).
+func storedForm(r *idem.Record) []byte {
+	ns := func(t time.Time) int64 {
+		if t.IsZero() {
+			return 0
+		}
+		return t.UnixNano()
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, 80+len(r.Fingerprint)+len(r.Response)))
+	enc := msgpack.GetEncoder()
+	defer msgpack.PutEncoder(enc)
+	enc.Reset(buf)
+	enc.UseCompactInts(true)
+	if err := enc.Encode(&rawRecord{Version: 1, State: uint8(r.State), Fingerprint: r.Fingerprint, Response: r.Response,
+		Retryable: r.Retryable, Attempts: r.Attempts, Token: r.Token, CreatedAt: ns(r.CreatedAt),
+		UpdatedAt: ns(r.UpdatedAt), LeaseUntil: ns(r.LeaseUntil), ExpiresAt: ns(r.ExpiresAt)}); err != nil {
+		panic(err) // a bytes.Buffer does not fail
+	}
+	return buf.Bytes()
 }
 
 func dbKey(buf []byte, key string) []byte {

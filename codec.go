@@ -1,0 +1,460 @@
+package idem
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"github.com/vmihailenco/msgpack/v5/msgpcode"
+)
+
+// The stored form of a record is a msgpack array whose first element is the
+// format version. Version 1 holds, in order: version, state, fingerprint
+// (bin or nil), response (bin or nil), retryable, attempts, token, and the
+// four instants as Unix nanoseconds (0 for the zero time): created, updated,
+// lease-until, expires. Every integer takes its smallest msgpack form. The
+// key is not stored: it is the storage key. testdata/records-v1 pins the
+// bytes.
+//
+// A later version may append elements; a reader of version 1 skips
+// elements past the ones it knows (they must be well-formed msgpack), so
+// additions need no new version.
+// Changing the meaning of an element needs a new version number.
+//
+// Records are written and read with msgpack/v5's typed calls (EncodeUint,
+// DecodeArrayLen and so on) on pooled encoders and decoders, never by
+// reflection: Get decodes a record on every call, and reflection costs
+// several times the storage read.
+const (
+	formatVersion = 1
+	fieldsV1      = 11
+)
+
+// storedRecord is a Record as a msgpack value: EncodeMsgpack writes its
+// stored form and DecodeMsgpack reads it into r, so it can also sit inside
+// other msgpack data. encodeRecord and decodeRecord call the two methods
+// directly. The zero value decodes into a new Record.
+type storedRecord struct {
+	r *Record // nil: encoded as msgpack nil
+	// src is the whole input when the decoder reads it through rd: type
+	// bytes are then read from src, and byte fields sliced out of it
+	// instead of copied.
+	src []byte
+	rd  *bytes.Reader
+	// direct is set while DecodeMsgpack reads through rd.
+	direct bool
+}
+
+var (
+	_ msgpack.CustomEncoder = (*storedRecord)(nil)
+	_ msgpack.CustomDecoder = (*storedRecord)(nil)
+)
+
+// recordEncoder is a pooled encoder with the writer it appends to.
+type recordEncoder struct {
+	enc *msgpack.Encoder
+	w   sliceWriter
+}
+
+// sliceWriter appends what is written to b; it never fails.
+type sliceWriter struct{ b []byte }
+
+func (w *sliceWriter) Write(p []byte) (int, error) {
+	w.b = append(w.b, p...)
+	return len(p), nil
+}
+
+func (w *sliceWriter) WriteByte(c byte) error {
+	w.b = append(w.b, c)
+	return nil
+}
+
+var encoders = sync.Pool{New: func() any {
+	e := new(recordEncoder)
+	e.enc = msgpack.NewEncoder(&e.w)
+	return e
+}}
+
+// maxOverhead is the most a record's stored form takes beyond its
+// fingerprint and response: the array header, version, state, two bin 32
+// headers, retryable, and five integers of 9 bytes.
+const maxOverhead = 1 + 1 + 1 + 5 + 5 + 1 + 5*9
+
+// encodeRecord returns the stored form of r.
+func encodeRecord(r *Record) []byte {
+	e := encoders.Get().(*recordEncoder)
+	e.w.b = make([]byte, 0, maxOverhead+len(r.Fingerprint)+len(r.Response))
+	if err := (&storedRecord{r: r}).EncodeMsgpack(e.enc); err != nil {
+		panic("idem: encoding a record into memory: " + err.Error()) // sliceWriter never fails
+	}
+	b := e.w.b
+	e.w.b = nil
+	encoders.Put(e)
+	return b
+}
+
+// EncodeMsgpack writes the stored form of s.r. The calls below pick the
+// smallest form, as version 1 does: EncodeUint and EncodeInt a fixint or
+// the narrowest 8, 16, 32 or 64-bit integer, EncodeBytes nil or the
+// narrowest bin header, EncodeArrayLen a fixarray.
+func (s *storedRecord) EncodeMsgpack(enc *msgpack.Encoder) error {
+	r := s.r
+	if r == nil {
+		return enc.EncodeNil()
+	}
+	if err := enc.EncodeArrayLen(fieldsV1); err != nil {
+		return err
+	}
+	if err := enc.EncodeUint(formatVersion); err != nil {
+		return err
+	}
+	if err := enc.EncodeUint(uint64(r.State)); err != nil {
+		return err
+	}
+	if err := enc.EncodeBytes(r.Fingerprint); err != nil {
+		return err
+	}
+	if err := enc.EncodeBytes(r.Response); err != nil {
+		return err
+	}
+	if err := enc.EncodeBool(r.Retryable); err != nil {
+		return err
+	}
+	if err := enc.EncodeInt(int64(r.Attempts)); err != nil {
+		return err
+	}
+	if err := enc.EncodeUint(r.Token); err != nil {
+		return err
+	}
+	for _, t := range [...]time.Time{r.CreatedAt, r.UpdatedAt, r.LeaseUntil, r.ExpiresAt} {
+		if err := enc.EncodeInt(unixNano(t)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// The instants Unix nanoseconds can hold (1677 to 2262). A time outside
+// them is stored as the nearest one: UnixNano would wrap around, turning a
+// record kept "for ever" into one that expired long ago.
+var (
+	minNanoTime = time.Unix(0, math.MinInt64)
+	maxNanoTime = time.Unix(0, math.MaxInt64)
+)
+
+// unixNano returns t as stored: Unix nanoseconds, 0 for the zero time.
+func unixNano(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		return 0
+	case t.After(maxNanoTime):
+		return math.MaxInt64
+	case t.Before(minNanoTime):
+		return math.MinInt64
+	}
+	return t.UnixNano()
+}
+
+// recordDecoder is a pooled decoder with the reader it reads from. A
+// bytes.Reader is an io.ByteScanner, so the decoder reads from it directly,
+// without buffering: the reader's position is the decoder's.
+type recordDecoder struct {
+	dec *msgpack.Decoder // reads rd, always
+	rd  bytes.Reader
+}
+
+var decoders = sync.Pool{New: func() any {
+	d := new(recordDecoder)
+	d.dec = msgpack.NewDecoder(&d.rd)
+	return d
+}}
+
+// decodeRecord decodes the stored form of the record under key. Any input
+// that is not a record gives an error wrapping ErrCorrupt and naming key;
+// it never panics. The Fingerprint and Response of the result share memory
+// with data.
+func decodeRecord(key string, data []byte) (*Record, error) {
+	r := &Record{Key: key}
+	d := decoders.Get().(*recordDecoder)
+	d.rd.Reset(data)
+	err := (&storedRecord{r: r, src: data, rd: &d.rd}).DecodeMsgpack(d.dec)
+	d.rd.Reset(nil) // the pool keeps no reference to data
+	decoders.Put(d)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %q: %s", ErrCorrupt, key, err)
+	}
+	return r, nil
+}
+
+type decodeError string
+
+func (e decodeError) Error() string { return string(e) }
+
+const errShort = decodeError("truncated data")
+
+// DecodeMsgpack reads a stored record into s.r, leaving its Key as it is.
+// Each field's type byte is checked before msgpack/v5 decodes it, because
+// the library alone would take nil for 0 or false and wrap a negative
+// integer into a uint64; version 1 refuses those.
+func (s *storedRecord) DecodeMsgpack(dec *msgpack.Decoder) error {
+	if s.r == nil {
+		s.r = new(Record)
+	}
+	r := s.r
+	s.direct = s.rd != nil && dec.Buffered() == io.Reader(s.rd) && int(s.rd.Size()) == len(s.src)
+	c, err := s.peek(dec)
+	if err != nil {
+		return err
+	}
+	if !msgpcode.IsFixedArray(c) && c != msgpcode.Array16 && c != msgpcode.Array32 {
+		return fmt.Errorf("not an array (type byte 0x%02x)", c)
+	}
+	n, err := dec.DecodeArrayLen()
+	if err != nil {
+		return short(err)
+	}
+	if n < 1 {
+		return decodeError("empty record")
+	}
+	v, err := s.decodeUint(dec)
+	if err != nil {
+		return fmt.Errorf("format version: %w", err)
+	}
+	if v != formatVersion {
+		return fmt.Errorf("unsupported format version %d (this release reads version %d)", v, formatVersion)
+	}
+	if n < fieldsV1 {
+		return fmt.Errorf("record has %d fields, version 1 has %d", n, fieldsV1)
+	}
+	st, err := s.decodeUint(dec)
+	if err != nil {
+		return fmt.Errorf("state: %w", err)
+	}
+	if st < uint64(StateInProgress) || st > uint64(StateFailed) {
+		return fmt.Errorf("unknown state %d", st)
+	}
+	r.State = State(st)
+	if r.Fingerprint, err = s.decodeBin(dec); err != nil {
+		return fmt.Errorf("fingerprint: %w", err)
+	}
+	if r.Response, err = s.decodeBin(dec); err != nil {
+		return fmt.Errorf("response: %w", err)
+	}
+	if r.Retryable, err = s.decodeBool(dec); err != nil {
+		return fmt.Errorf("retryable: %w", err)
+	}
+	att, err := s.decodeInt(dec)
+	if err != nil {
+		return fmt.Errorf("attempts: %w", err)
+	}
+	if att < 0 || att > math.MaxInt32 {
+		return fmt.Errorf("attempts %d out of range", att)
+	}
+	r.Attempts = int(att)
+	if r.Token, err = s.decodeUint(dec); err != nil {
+		return fmt.Errorf("token: %w", err)
+	}
+	for _, f := range [...]struct {
+		name string
+		t    *time.Time
+	}{{"created", &r.CreatedAt}, {"updated", &r.UpdatedAt}, {"lease", &r.LeaseUntil}, {"expires", &r.ExpiresAt}} {
+		ns, err := s.decodeInt(dec)
+		if err != nil {
+			return fmt.Errorf("%s time: %w", f.name, err)
+		}
+		if ns != 0 {
+			*f.t = time.Unix(0, ns)
+		}
+	}
+	// Elements past the known ones belong to later versions. They are
+	// skipped, so that a record inside other msgpack data leaves the
+	// decoder at the value after it.
+	if err := s.skipValues(dec, n-fieldsV1); err != nil {
+		return fmt.Errorf("elements after version 1's: %w", err)
+	}
+	return nil
+}
+
+// peek returns the type byte of the next value without consuming it.
+func (s *storedRecord) peek(dec *msgpack.Decoder) (byte, error) {
+	if s.direct && s.rd.Len() > 0 {
+		// What PeekCode returns, without its two calls through
+		// interfaces: this runs before every field.
+		return s.src[len(s.src)-s.rd.Len()], nil
+	}
+	return peekCode(dec)
+}
+
+func peekCode(dec *msgpack.Decoder) (byte, error) {
+	c, err := dec.PeekCode()
+	return c, short(err)
+}
+
+// short reports the end of the input as errShort.
+func short(err error) error {
+	if err == nil {
+		return nil
+	}
+	return shortErr(err)
+}
+
+func shortErr(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return errShort
+	}
+	return err
+}
+
+func isInt(c byte) bool {
+	return msgpcode.IsFixedNum(c) || (c >= msgpcode.Uint8 && c <= msgpcode.Uint64) || (c >= msgpcode.Int8 && c <= msgpcode.Int64)
+}
+
+// decodeInt reads any msgpack integer as an int64.
+func (s *storedRecord) decodeInt(dec *msgpack.Decoder) (int64, error) {
+	c, err := s.peek(dec)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c == msgpcode.Uint64:
+		u, err := dec.DecodeUint64()
+		if err != nil {
+			return 0, short(err)
+		}
+		if u > math.MaxInt64 {
+			return 0, fmt.Errorf("integer %d out of range", u)
+		}
+		return int64(u), nil
+	case isInt(c):
+		v, err := dec.DecodeInt64()
+		return v, short(err)
+	}
+	return 0, fmt.Errorf("not an integer (type byte 0x%02x)", c)
+}
+
+// decodeUint reads a non-negative msgpack integer.
+func (s *storedRecord) decodeUint(dec *msgpack.Decoder) (uint64, error) {
+	c, err := s.peek(dec)
+	if err != nil {
+		return 0, err
+	}
+	switch {
+	case c == msgpcode.Uint64:
+		u, err := dec.DecodeUint64()
+		return u, short(err)
+	case isInt(c):
+		v, err := dec.DecodeInt64()
+		if err != nil {
+			return 0, short(err)
+		}
+		if v < 0 {
+			return 0, fmt.Errorf("negative value %d", v)
+		}
+		return uint64(v), nil
+	}
+	return 0, fmt.Errorf("not an integer (type byte 0x%02x)", c)
+}
+
+func (s *storedRecord) decodeBool(dec *msgpack.Decoder) (bool, error) {
+	c, err := s.peek(dec)
+	if err != nil {
+		return false, err
+	}
+	if c != msgpcode.False && c != msgpcode.True {
+		return false, fmt.Errorf("not a bool (type byte 0x%02x)", c)
+	}
+	v, err := dec.DecodeBool()
+	return v, short(err)
+}
+
+// copyChunk bounds each step of a copied byte field, so that a corrupt
+// length allocates no more than the input holds, plus one chunk.
+const copyChunk = 64 << 10
+
+// decodeBin reads bin or str data, or nil.
+func (s *storedRecord) decodeBin(dec *msgpack.Decoder) ([]byte, error) {
+	c, err := s.peek(dec)
+	if err != nil {
+		return nil, err
+	}
+	if c != msgpcode.Nil && !msgpcode.IsString(c) && !msgpcode.IsBin(c) {
+		return nil, fmt.Errorf("not binary data (type byte 0x%02x)", c)
+	}
+	n, err := dec.DecodeBytesLen()
+	if err != nil {
+		return nil, short(err)
+	}
+	if n < 0 {
+		return nil, nil // nil
+	}
+	if s.direct {
+		// Slice the field out of s.src. DecodeBytes would copy it, after
+		// allocating whatever length the header claims.
+		off := len(s.src) - s.rd.Len()
+		if err := s.seek(n); err != nil {
+			return nil, err
+		}
+		return s.src[off : off+n : off+n], nil
+	}
+	b := make([]byte, 0, min(n, copyChunk))
+	for len(b) < n {
+		k := min(n-len(b), copyChunk)
+		b = slices.Grow(b, k)[:len(b)+k]
+		if err := dec.ReadFull(b[len(b)-k:]); err != nil {
+			return nil, short(err)
+		}
+	}
+	return b, nil
+}
+
+// skipValues skips the next n msgpack values. It keeps a count of the
+// values still to skip instead of recursing into arrays and maps, so that
+// deeply nested input cannot exhaust the stack.
+func (s *storedRecord) skipValues(dec *msgpack.Decoder, n int) error {
+	for ; n > 0; n-- {
+		c, err := s.peek(dec)
+		if err != nil {
+			return err
+		}
+		var m, l int
+		switch {
+		case msgpcode.IsFixedArray(c) || c == msgpcode.Array16 || c == msgpcode.Array32:
+			m, err = dec.DecodeArrayLen()
+		case msgpcode.IsFixedMap(c) || c == msgpcode.Map16 || c == msgpcode.Map32:
+			m, err = dec.DecodeMapLen()
+			m *= 2
+		// In place when reading s.src: Skip would first read the data
+		// into a buffer of up to twice 1 MB, whatever the input holds.
+		case s.direct && (msgpcode.IsString(c) || msgpcode.IsBin(c)):
+			if l, err = dec.DecodeBytesLen(); err == nil {
+				err = s.seek(l)
+			}
+		case s.direct && msgpcode.IsExt(c):
+			if _, l, err = dec.DecodeExtHeader(); err == nil {
+				err = s.seek(l)
+			}
+		default:
+			err = dec.Skip()
+		}
+		if err != nil {
+			return short(err)
+		}
+		n += m
+	}
+	return nil
+}
+
+// seek moves the decoder past the next n bytes of s.src.
+func (s *storedRecord) seek(n int) error {
+	if n > s.rd.Len() {
+		return errShort
+	}
+	_, err := s.rd.Seek(int64(n), io.SeekCurrent)
+	return err
+}
