@@ -78,7 +78,7 @@ func (s *Store) census(ctx context.Context, prefix string, limit int) (Census, e
 		default:
 			c.Records[rec.State]++
 			if rec.State == StateInProgress {
-				if rec.LeaseLapsed(now) {
+				if rec.LeaseLapsed(now) || s.holderGone(rec) {
 					c.StaleLeases++
 				}
 				if age := now.Sub(rec.CreatedAt); c.OldestKey == "" || age > c.OldestInProgress {

@@ -2,8 +2,10 @@ package idem
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"math"
 	"slices"
@@ -27,6 +29,21 @@ import (
 // additions need no new version.
 // Changing the meaning of an element needs a new version number.
 //
+// Two elements are appended to version 1's eleven, and every record is
+// written with them (a reader of version 1 skips them; a record without
+// them, as earlier releases wrote, reads as before):
+//
+//  12. the holder epoch: for an in-progress record on the embedded store,
+//     the number of the open of the data directory whose process holds
+//     the lease (0 when unknown); see Store.Begin.
+//  13. a CRC-32C (Castagnoli) of the record's decoded fields, in the order
+//     of checksum, as a uint32 in its 5-byte form. A record whose fields
+//     do not match it is corrupt: a flipped bit in a stored response is
+//     reported as ErrCorrupt, never replayed.
+//
+// The checksum covers the decoded values, not the bytes, so it does not
+// depend on which msgpack form an encoder picked for them.
+//
 // Records are written and read with msgpack/v5's typed calls (EncodeUint,
 // DecodeArrayLen and so on) on pooled encoders and decoders, never by
 // reflection: Get decodes a record on every call, and reflection costs
@@ -34,6 +51,7 @@ import (
 const (
 	formatVersion = 1
 	fieldsV1      = 11
+	fieldsWritten = fieldsV1 + 2 // with the holder epoch and the checksum
 )
 
 // storedRecord is a Record as a msgpack value: EncodeMsgpack writes its
@@ -49,6 +67,8 @@ type storedRecord struct {
 	rd  *bytes.Reader
 	// direct is set while DecodeMsgpack reads through rd.
 	direct bool
+	// scratch is checksum's buffer; nil means allocate one.
+	scratch *[checksumScratch]byte
 }
 
 var (
@@ -58,8 +78,9 @@ var (
 
 // recordEncoder is a pooled encoder with the writer it appends to.
 type recordEncoder struct {
-	enc *msgpack.Encoder
-	w   sliceWriter
+	enc     *msgpack.Encoder
+	w       sliceWriter
+	scratch [checksumScratch]byte
 }
 
 // sliceWriter appends what is written to b; it never fails.
@@ -84,13 +105,13 @@ var encoders = sync.Pool{New: func() any {
 // maxOverhead is the most a record's stored form takes beyond its
 // fingerprint and response: the array header, version, state, two bin 32
 // headers, retryable, and five integers of 9 bytes.
-const maxOverhead = 1 + 1 + 1 + 5 + 5 + 1 + 5*9
+const maxOverhead = 1 + 1 + 1 + 5 + 5 + 1 + 5*9 + 9 + 5
 
 // encodeRecord returns the stored form of r.
 func encodeRecord(r *Record) []byte {
 	e := encoders.Get().(*recordEncoder)
 	e.w.b = make([]byte, 0, maxOverhead+len(r.Fingerprint)+len(r.Response))
-	if err := (&storedRecord{r: r}).EncodeMsgpack(e.enc); err != nil {
+	if err := (&storedRecord{r: r, scratch: &e.scratch}).EncodeMsgpack(e.enc); err != nil {
 		panic("idem: encoding a record into memory: " + err.Error()) // sliceWriter never fails
 	}
 	b := e.w.b
@@ -108,7 +129,7 @@ func (s *storedRecord) EncodeMsgpack(enc *msgpack.Encoder) error {
 	if r == nil {
 		return enc.EncodeNil()
 	}
-	if err := enc.EncodeArrayLen(fieldsV1); err != nil {
+	if err := enc.EncodeArrayLen(fieldsWritten); err != nil {
 		return err
 	}
 	if err := enc.EncodeUint(formatVersion); err != nil {
@@ -137,7 +158,56 @@ func (s *storedRecord) EncodeMsgpack(enc *msgpack.Encoder) error {
 			return err
 		}
 	}
-	return nil
+	if err := enc.EncodeUint(r.holder); err != nil {
+		return err
+	}
+	scratch := s.scratch
+	if scratch == nil {
+		scratch = new([checksumScratch]byte)
+	}
+	return enc.EncodeUint32(checksum(r, scratch))
+}
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// checksumScratch is the size of the buffer checksum lays the fixed-size
+// fields out in. The encoders and decoders in the pools carry one, since a
+// buffer passed to crc32 escapes to the heap.
+const checksumScratch = 8 * 10
+
+// checksum returns the CRC-32C of r's stored fields: state, fingerprint,
+// response (each with its length, and whether it is nil), retryable,
+// attempts, token, the four instants as stored, and the holder epoch.
+func checksum(r *Record, b *[checksumScratch]byte) uint32 {
+	binary.BigEndian.PutUint64(b[0:], uint64(r.State))
+	binary.BigEndian.PutUint64(b[8:], lenOrNil(r.Fingerprint))
+	binary.BigEndian.PutUint64(b[16:], lenOrNil(r.Response))
+	binary.BigEndian.PutUint64(b[24:], uint64(r.Attempts)<<1|boolBit(r.Retryable))
+	binary.BigEndian.PutUint64(b[32:], r.Token)
+	binary.BigEndian.PutUint64(b[40:], uint64(unixNano(r.CreatedAt)))
+	binary.BigEndian.PutUint64(b[48:], uint64(unixNano(r.UpdatedAt)))
+	binary.BigEndian.PutUint64(b[56:], uint64(unixNano(r.LeaseUntil)))
+	binary.BigEndian.PutUint64(b[64:], uint64(unixNano(r.ExpiresAt)))
+	binary.BigEndian.PutUint64(b[72:], r.holder)
+	c := crc32.Update(0, castagnoli, b[:])
+	c = crc32.Update(c, castagnoli, r.Fingerprint)
+	return crc32.Update(c, castagnoli, r.Response)
+}
+
+// lenOrNil returns len(p), or the largest uint64 for a nil p, so that the
+// checksum tells nil from empty as the stored form does.
+func lenOrNil(p []byte) uint64 {
+	if p == nil {
+		return math.MaxUint64
+	}
+	return uint64(len(p))
+}
+
+func boolBit(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // The instants Unix nanoseconds can hold (1677 to 2262). A time outside
@@ -165,8 +235,9 @@ func unixNano(t time.Time) int64 {
 // bytes.Reader is an io.ByteScanner, so the decoder reads from it directly,
 // without buffering: the reader's position is the decoder's.
 type recordDecoder struct {
-	dec *msgpack.Decoder // reads rd, always
-	rd  bytes.Reader
+	dec     *msgpack.Decoder // reads rd, always
+	rd      bytes.Reader
+	scratch [checksumScratch]byte
 }
 
 var decoders = sync.Pool{New: func() any {
@@ -183,7 +254,7 @@ func decodeRecord(key string, data []byte) (*Record, error) {
 	r := &Record{Key: key}
 	d := decoders.Get().(*recordDecoder)
 	d.rd.Reset(data)
-	err := (&storedRecord{r: r, src: data, rd: &d.rd}).DecodeMsgpack(d.dec)
+	err := (&storedRecord{r: r, src: data, rd: &d.rd, scratch: &d.scratch}).DecodeMsgpack(d.dec)
 	d.rd.Reset(nil) // the pool keeps no reference to data
 	decoders.Put(d)
 	if err != nil {
@@ -272,10 +343,33 @@ func (s *storedRecord) DecodeMsgpack(dec *msgpack.Decoder) error {
 			*f.t = time.Unix(0, ns)
 		}
 	}
+	// The holder epoch and the checksum, which this release appends to
+	// version 1's elements; a record from an earlier release has neither.
+	known := fieldsV1
+	if n > known {
+		known++
+		if r.holder, err = s.decodeUint(dec); err != nil {
+			return fmt.Errorf("holder epoch: %w", err)
+		}
+	}
+	if n > known {
+		known++
+		sum, err := s.decodeUint(dec)
+		if err != nil {
+			return fmt.Errorf("checksum: %w", err)
+		}
+		scratch := s.scratch
+		if scratch == nil {
+			scratch = new([checksumScratch]byte)
+		}
+		if want := checksum(r, scratch); sum != uint64(want) {
+			return fmt.Errorf("checksum mismatch: stored %08x, the fields give %08x (the record was altered in storage)", sum, want)
+		}
+	}
 	// Elements past the known ones belong to later versions. They are
 	// skipped, so that a record inside other msgpack data leaves the
 	// decoder at the value after it.
-	if err := s.skipValues(dec, n-fieldsV1); err != nil {
+	if err := s.skipValues(dec, n-known); err != nil {
 		return fmt.Errorf("elements after version 1's: %w", err)
 	}
 	return nil

@@ -28,7 +28,7 @@ func TestCodecAllocations(t *testing.T) {
 // A corrupt length is checked against the input before anything is
 // allocated for it, in the known fields and in a later version's.
 func TestCorruptLengthAllocatesNothing(t *testing.T) {
-	good := encodeRecord(benchRecord())
+	good := v1Form(t, encodeRecord(benchRecord()))
 	for _, data := range [][]byte{
 		{0x9b, 0x01, 0x02, 0xc6, 0xff, 0xff, 0xff, 0xff, 0},
 		append(append([]byte{0x9c}, good[1:]...), 0xc6, 0xff, 0xff, 0xff, 0xff, 0),

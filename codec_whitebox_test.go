@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -62,8 +63,8 @@ func TestGoldenRecordsV1(t *testing.T) {
 			require.NoError(t, err)
 			assertSameRecord(t, &c.Record, got)
 			if c.Canonical {
-				assert.Equal(t, data, encodeRecord(&c.Record), "the encoder's bytes differ from version 1's")
-				assert.Equal(t, data, encodeRecord(got), "decoding and encoding changed the bytes")
+				assert.Equal(t, data, v1Form(t, encodeRecord(&c.Record)), "the encoder's bytes differ from version 1's")
+				assert.Equal(t, data, v1Form(t, encodeRecord(got)), "decoding and encoding changed the bytes")
 			}
 		})
 	}
@@ -265,7 +266,7 @@ func goldenCases() []struct {
 	r = base("later-release", StateCompleted)
 	other("later-release", "an array 32 header and four elements a later release appended (a str, a map, an array, a float): ignored", r,
 		func(r *Record) []byte {
-			b := []byte{0xdd, 0, 0, 0, 15}
+			b := []byte{0xdd, 0, 0, 0, 17}
 			b = append(b, encodeRecord(r)[1:]...)
 			tail, err := msgpack.Marshal([]any{"later", map[string]any{"k": []any{1, "v"}}, []any{[]any{}, nil}, 1.5})
 			if err != nil {
@@ -287,7 +288,7 @@ func writeGolden(t *testing.T) {
 		gc.c.Record.Key = gc.name
 		var data []byte
 		if gc.c.Canonical {
-			data = encodeRecord(&gc.c.Record)
+			data = v1Form(nil, encodeRecord(&gc.c.Record))
 		} else {
 			data = gc.raw(&gc.c.Record)
 		}
@@ -364,16 +365,18 @@ func TestRecordIsMsgpack(t *testing.T) {
 	r := sampleRecord()
 	var fields []any
 	require.NoError(t, msgpack.Unmarshal(encodeRecord(r), &fields))
-	require.Len(t, fields, 11)
+	require.Len(t, fields, 13)
+	assert.EqualValues(t, 0, fields[11], "holder epoch")
+	assert.EqualValues(t, checksum(r, new([checksumScratch]byte)), fields[12], "checksum")
 	assert.EqualValues(t, 1, fields[0], "leading format version")
 	assert.EqualValues(t, StateFailed, fields[1])
 	assert.Equal(t, r.Fingerprint, fields[2])
 	assert.EqualValues(t, r.Token, fields[6])
 	assert.EqualValues(t, r.CreatedAt.UnixNano(), fields[7])
 
-	// Written by the reflection encoder, with a later version's extra field.
+	// Written by the reflection encoder, as an earlier release wrote it.
 	other, err := msgpack.Marshal([]any{1, 2, []byte("fp"), []byte("resp"), false, 1, uint64(5),
-		r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), 0, r.ExpiresAt.UnixNano(), "field from a later release"})
+		r.CreatedAt.UnixNano(), r.UpdatedAt.UnixNano(), 0, r.ExpiresAt.UnixNano()})
 	require.NoError(t, err)
 	got, err := decodeRecord("k", other)
 	require.NoError(t, err)
@@ -446,7 +449,8 @@ func TestDecodeRecordSharesInput(t *testing.T) {
 }
 
 func TestDecodeCorrupt(t *testing.T) {
-	good := encodeRecord(sampleRecord())
+	full := encodeRecord(sampleRecord())
+	good := v1Form(t, full)
 	mp := func(v ...any) []byte {
 		b, err := msgpack.Marshal(v)
 		require.NoError(t, err)
@@ -487,10 +491,13 @@ func TestDecodeCorrupt(t *testing.T) {
 		"truncated time":         {good[:len(good)-1], "expires time: truncated"},
 		"bin 32 over the end":    {[]byte{0x9b, 0x01, 0x02, 0xc6, 0xff, 0xff, 0xff, 0xff, 'x'}, "fingerprint: truncated"},
 		"str 32 over the end":    {[]byte{0x9b, 0x01, 0x02, 0xc0, 0xdb, 0x7f, 0xff, 0xff, 0xff}, "response: truncated"},
-		"array 32 over the end":  {append([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}, good[1:]...), "after version 1's: truncated"},
-		"bad later element":      {append(append([]byte{0x9c}, good[1:]...), 0xc1), "after version 1's: msgpack: unknown code c1"},
-		"later bin over the end": {append(append([]byte{0x9c}, good[1:]...), 0xc6, 0xff, 0xff, 0xff, 0xff, 0), "after version 1's: truncated"},
-		"later ext over the end": {append(append([]byte{0x9c}, good[1:]...), 0xc9, 0xff, 0xff, 0xff, 0xff, 1, 0), "after version 1's: truncated"},
+		"array 32 over the end":  {append([]byte{0xdd, 0xff, 0xff, 0xff, 0xff}, full[1:]...), "after version 1's: truncated"},
+		"bad later element":      {append(append([]byte{0x9e}, full[1:]...), 0xc1), "after version 1's: msgpack: unknown code c1"},
+		"later bin over the end": {append(append([]byte{0x9e}, full[1:]...), 0xc6, 0xff, 0xff, 0xff, 0xff, 0), "after version 1's: truncated"},
+		"later ext over the end": {append(append([]byte{0x9e}, full[1:]...), 0xc9, 0xff, 0xff, 0xff, 0xff, 1, 0), "after version 1's: truncated"},
+		"string holder":          {append(append([]byte{0x9c}, good[1:]...), 0xa1, 'x'), "holder epoch: not an integer"},
+		"nil checksum":           {append(append([]byte{0x9d}, good[1:]...), 0x00, 0xc0), "checksum: not an integer"},
+		"wrong checksum":         {append(append([]byte{0x9d}, good[1:]...), 0x00, 0xce, 0, 0, 0, 1), "checksum mismatch"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := decodeRecord("the-key", tc.data)
@@ -506,7 +513,7 @@ func TestDecodeCorrupt(t *testing.T) {
 // place and by a decoder reading a stream.
 func TestDecodeSkipsLaterElements(t *testing.T) {
 	r := sampleRecord()
-	data := append([]byte{0x9f}, encodeRecord(r)[1:]...)                      // 15 elements
+	data := append([]byte{0xdc, 0, 17}, encodeRecord(r)[1:]...)               // 17 elements
 	data = append(data, 0xc7, 3, 5, 'a', 'b', 'c', 0xd4, 1, 'x')              // ext 8, fixext 1
 	data = append(data, 0xc4, 2, 'x', 'y', 0x82, 0xa1, 'k', 0x90, 0x01, 0xc0) // bin 8, a map of two
 	got, err := decodeRecord(r.Key, data)
@@ -525,8 +532,8 @@ func TestDecodeSkipsLaterElements(t *testing.T) {
 // A later version's elements may nest as deep as the input allows without
 // exhausting the stack.
 func TestDecodeSkipsDeepNesting(t *testing.T) {
-	good := encodeRecord(sampleRecord())
-	data := append([]byte{0x9c}, good[1:]...)
+	full := encodeRecord(sampleRecord())
+	data := append([]byte{0x9e}, full[1:]...)
 	data = append(data, bytes.Repeat([]byte{0x91}, 1<<20)...)
 	data = append(data, 0xc0)
 	_, err := decodeRecord("k", data)
@@ -591,4 +598,49 @@ func sameRecord(a, b *Record) bool {
 		(a.Response == nil) == (b.Response == nil) && a.Retryable == b.Retryable && a.Attempts == b.Attempts &&
 		a.Token == b.Token && a.CreatedAt.Equal(b.CreatedAt) && a.UpdatedAt.Equal(b.UpdatedAt) &&
 		a.LeaseUntil.Equal(b.LeaseUntil) && a.ExpiresAt.Equal(b.ExpiresAt)
+}
+
+// v1Form returns the version 1 form of a record as this release encodes
+// it: its eleven elements, without the holder epoch and the checksum
+// appended after them. The records it is given have holder 0 (one byte).
+func v1Form(t *testing.T, b []byte) []byte {
+	if len(b) < 7 || b[0] != 0x90|fieldsWritten || b[len(b)-6] != 0 || b[len(b)-5] != 0xce {
+		if t != nil {
+			t.Fatalf("not the form this release writes: %x", b)
+		}
+		panic(fmt.Sprintf("not the form this release writes: %x", b))
+	}
+	return append([]byte{0x90 | fieldsV1}, b[1:len(b)-6]...)
+}
+
+// A flipped bit anywhere in a stored record is reported as corrupt, never
+// decoded into another record; the holder epoch round-trips and is
+// covered by the checksum.
+func TestChecksum(t *testing.T) {
+	r := sampleRecord()
+	r.holder = 7
+	data := encodeRecord(r)
+	got, err := decodeRecord(r.Key, data)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(7), got.holder)
+	for i := range data {
+		for bit := range 8 {
+			bad := bytes.Clone(data)
+			bad[i] ^= 1 << bit
+			got, err := decodeRecord(r.Key, bad)
+			if err == nil {
+				// Only a flip that leaves every decoded value as it was
+				// may pass (the array header's count, say, to twelve:
+				// the checksum is then not read, and nothing changed).
+				got.Key = r.Key
+				assertSameRecord(t, r, got)
+				continue
+			}
+			require.ErrorIs(t, err, ErrCorrupt, "byte %d bit %d", i, bit)
+		}
+	}
+	resp := bytes.Clone(data)
+	resp[bytes.Index(resp, r.Response)] ^= 0x20
+	_, err = decodeRecord(r.Key, resp)
+	require.ErrorContains(t, err, "checksum mismatch")
 }

@@ -82,6 +82,9 @@ func (e embedded) CollectGarbage(ctx context.Context, present int) (before, afte
 
 func (e embedded) DiskUsage() int64 { return e.kv.DiskUsage() }
 
+// Epoch numbers this open of the data directory; see holderGone.
+func (e embedded) Epoch() uint64 { return e.kv.Epoch() }
+
 // DiskFree returns the bytes free on the file system of the embedded
 // store's data directory, or -1 when the store is in memory or on another
 // backend, or the system does not say. Writes return ErrNoSpace while it

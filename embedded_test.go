@@ -340,3 +340,90 @@ func TestEmbeddedDamageRefused(t *testing.T) {
 	require.ErrorIs(t, err, idem.ErrCorrupt)
 	require.ErrorContains(t, err, "MANIFEST")
 }
+
+func TestMain_holderChild(t *testing.T) {
+	dir := os.Getenv("IDEM_HOLDER_CHILD")
+	if dir == "" {
+		t.Skip("run by TestRestartFreesDeadHolders")
+	}
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1, LeaseTTL: time.Hour})
+	if err != nil {
+		fmt.Println("ERR", err)
+		os.Exit(3)
+	}
+	ctx := context.Background()
+	for i := 0; i < 20; i++ {
+		key := fmt.Sprintf("k%d", i)
+		l, _, err := s.Begin(ctx, key, []byte("fp"))
+		if err != nil || l == nil {
+			fmt.Println("ERR", err)
+			os.Exit(3)
+		}
+		if i%2 == 0 {
+			if err := l.Complete(ctx, []byte("done")); err != nil {
+				fmt.Println("ERR", err)
+				os.Exit(3)
+			}
+		}
+		// The odd keys stay leased, for an hour, as the process dies.
+		fmt.Printf("%s %d\n", key, l.Token())
+	}
+	fmt.Println("READY")
+	select {} // until killed
+}
+
+// Keys whose holder died with the previous process are free as soon as
+// the store reopens, not after their (hour-long) lease: the directory lock
+// proves the holder is gone. Tokens still grow, and finished keys replay.
+func TestRestartFreesDeadHolders(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestMain_holderChild$", "-test.v=false")
+	cmd.Env = append(os.Environ(), "IDEM_HOLDER_CHILD="+dir)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	tokens := map[string]uint64{}
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		line := sc.Text()
+		require.False(t, strings.HasPrefix(line, "ERR"), "child: %s", line)
+		if line == "READY" {
+			break
+		}
+		var key string
+		var tok uint64
+		_, err := fmt.Sscan(line, &key, &tok)
+		require.NoError(t, err)
+		tokens[key] = tok
+	}
+	require.Len(t, tokens, 20)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+
+	s := openIn(t, dir, &idem.Options{GCInterval: -1, LeaseTTL: time.Hour})
+	ctx := context.Background()
+	c, err := s.Census(ctx, "", 0)
+	require.NoError(t, err)
+	assert.Equal(t, 10, c.StaleLeases, "every lease of the dead process is stale at once")
+	for i := 0; i < 20; i++ {
+		key := fmt.Sprintf("k%d", i)
+		l, rec, err := s.Begin(ctx, key, []byte("fp"))
+		require.NoError(t, err, key)
+		if i%2 == 0 {
+			assert.Nil(t, l, "%s: finished, replayed", key)
+			assert.Equal(t, "done", string(rec.Response))
+			continue
+		}
+		require.NotNil(t, l, "%s: free at once", key)
+		assert.Greater(t, l.Token(), tokens[key], "%s: fencing tokens still grow", key)
+		assert.Equal(t, 2, rec.Attempts)
+		// The new holder is alive: another Begin is refused.
+		_, _, err = s.Begin(ctx, key, []byte("fp"))
+		require.ErrorIs(t, err, idem.ErrInProgress)
+		require.NoError(t, l.Complete(ctx, []byte("second")))
+	}
+}

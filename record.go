@@ -61,6 +61,11 @@ type Record struct {
 	UpdatedAt   time.Time
 	LeaseUntil  time.Time // StateInProgress only
 	ExpiresAt   time.Time
+
+	// holder is the epoch of the open of the embedded store whose process
+	// holds the lease of an in-progress record; 0 when unknown (other
+	// backends, records restored from elsewhere) or finished.
+	holder uint64
 }
 
 // Expired reports whether the record's life has ended at now.

@@ -207,6 +207,15 @@ func (s *Store) Restore(ctx context.Context, rec *Record, overwrite bool) error 
 				return nil, time.Time{}, errNoWrite // already restored
 			}
 			old, err := decodeRecord(key, cur)
+			if err == nil && old.holder != rec.holder {
+				// The same record but for the epoch of its holder, which
+				// stays in the directory it was granted in.
+				same := *old
+				same.holder = rec.holder
+				if bytes.Equal(encodeRecord(&same), data) {
+					return nil, time.Time{}, errNoWrite // already restored
+				}
+			}
 			// A corrupt or expired record is replaced: it is not live.
 			if err == nil && !old.Expired(now) {
 				if !overwrite {

@@ -40,6 +40,10 @@ type Store struct {
 	wg      sync.WaitGroup // background goroutines
 	keeper  keeper         // renews leases under KeepAlive
 	waiters waiters        // callers of Wait
+	// epoch numbers this open of an embedded data directory (0 on other
+	// backends): leases granted here carry it, and an in-progress record
+	// carrying an earlier one was left by a process that has ended.
+	epoch uint64
 }
 
 // New returns a Store running the state machine over b, with the background
@@ -90,6 +94,9 @@ func newStore(b Backend, o Options) *Store {
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
+	}
+	if e, ok := b.(interface{ Epoch() uint64 }); ok {
+		s.epoch = e.Epoch()
 	}
 	s.keeper.init(s.stop, &s.wg, s.log.Warn)
 	if o.CacheSize > 0 {
@@ -285,8 +292,13 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 			return nil, time.Time{}, err
 		}
 		if takeover = over; takeover {
-			s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
-				"lapsed", now.Sub(old.LeaseUntil).String())
+			if s.holderGone(old) {
+				s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
+					"reason", "its holder ended with an earlier process")
+			} else {
+				s.log.Warn("idem: lease taken over", "key", key, "token", next.Token, "attempts", next.Attempts,
+					"lapsed", now.Sub(old.LeaseUntil).String())
+			}
 		}
 		data := encodeRecord(next)
 		lease = &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
@@ -319,6 +331,7 @@ func (s *Store) decideBegin(key string, old *Record, fp []byte, pol policy, now 
 			r.Token = max(old.Token+1, r.Token)
 		}
 		pol.leaseRecord(r, now)
+		r.holder = s.epoch
 		return r, false, nil
 	}
 	if !bytes.Equal(old.Fingerprint, fp) {
@@ -327,7 +340,7 @@ func (s *Store) decideBegin(key string, old *Record, fp []byte, pol policy, now 
 		return nil, false, wrap("begin", key, ErrFingerprintMismatch)
 	}
 	switch {
-	case old.State == StateInProgress && !old.LeaseLapsed(now):
+	case old.State == StateInProgress && !old.LeaseLapsed(now) && !s.holderGone(old):
 		s.stats.inProgress.Add(1)
 		return nil, false, wrap("begin", key, ErrInProgress)
 	case old.Finished():
@@ -347,7 +360,18 @@ func (s *Store) decideBegin(key string, old *Record, fp []byte, pol policy, now 
 	r.UpdatedAt = now
 	r.LeaseUntil = now.Add(pol.lease)
 	r.ExpiresAt = latest(latest(old.ExpiresAt, now.Add(pol.completed)), r.LeaseUntil)
+	r.holder = s.epoch
 	return &r, old.State == StateInProgress, nil
+}
+
+// holderGone reports whether the in-progress record r was left by a
+// process that has ended: on the embedded store, its lease was granted
+// under an earlier open of the data directory, and the directory lock
+// admits one process at a time, so that holder is dead and its key is free
+// at once instead of after its lease lapses. Fencing is unchanged: a
+// takeover still gets a larger token.
+func (s *Store) holderGone(r *Record) bool {
+	return s.epoch != 0 && r.holder != 0 && r.holder < s.epoch
 }
 
 // MaxToken is the largest fencing token: 2^53-1, the largest integer that

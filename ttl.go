@@ -82,6 +82,7 @@ func (p policy) finish(r *Record, st State, response []byte, retryable bool, now
 	r.State = st
 	r.Response = response
 	r.Retryable = retryable
+	r.holder = 0
 	r.UpdatedAt = now
 	r.LeaseUntil = time.Time{}
 	r.ExpiresAt = now.Add(d)
