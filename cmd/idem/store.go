@@ -28,6 +28,7 @@ type storeFlags struct {
 	cluster     bool   // -redis names the seed nodes of a Redis Cluster
 	sentinel    string // -redis names the Sentinels of this master
 	defaultData string // data directory used when neither -data nor -redis is given; "" means one is required
+	discardLog  bool   // open with idem.Options.DiscardDamagedLog (idem recover)
 }
 
 func addStoreFlags(fs *flag.FlagSet) *storeFlags {
@@ -133,6 +134,8 @@ func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, err
 		// The store's own service may allow keys longer than the
 		// default: the command must reach every key a store can hold.
 		MaxKeySize: idem.MaxKeySizeLimit,
+		// idem recover -discard-damaged-log
+		DiscardDamagedLog: f.discardLog,
 	}
 	s, err := f.open(opts)
 	if errors.Is(err, idem.ErrNeedsRecovery) {
