@@ -33,6 +33,8 @@ func Open(dir string, opts *Options) (*Store, error) {
 		SyncInterval: o.SyncInterval,
 		Reserve:      o.DiskReserve,
 		Logger:       o.Logger,
+
+		DiscardDamagedLog: o.DiscardDamagedLog,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("idem: %w", embeddedErr(err))

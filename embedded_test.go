@@ -324,6 +324,8 @@ func TestEmbeddedNoSpace(t *testing.T) {
 
 	_, err = idem.New(storeinternal.Backend(s).(idem.Backend), &idem.Options{DiskReserve: 1})
 	require.ErrorContains(t, err, "DiskReserve", "another backend has no disk reserve")
+	_, err = idem.New(storeinternal.Backend(s).(idem.Backend), &idem.Options{DiscardDamagedLog: true})
+	require.ErrorContains(t, err, "DiscardDamagedLog", "another backend has no Badger log")
 }
 
 // A data directory with tables but no MANIFEST is refused as damaged,

@@ -57,8 +57,9 @@ var (
 	// ErrCorrupt is returned when a stored record cannot be decoded (the
 	// error names the key; other keys are served as usual), and by Open
 	// when the data directory is damaged: a table, value log or MANIFEST
-	// missing, truncated or unreadable (the error names the file; Open
-	// changes nothing in the directory).
+	// missing, truncated or unreadable, or a log with a bad entry and
+	// valid entries after it (the error names the file; Open changes
+	// nothing in the directory; see Options.DiscardDamagedLog).
 	ErrCorrupt = errors.New("corrupt record")
 
 	// ErrNoSpace is returned by writes to the embedded store while the

@@ -121,6 +121,16 @@ type Options struct {
 	// writers to the file system may write in a moment. Embedded store
 	// only.
 	DiskReserve int64
+	// DiscardDamagedLog lets Open go on when a log of the data directory
+	// is damaged in its middle (a bad entry with valid entries after it,
+	// which Badger's recovery would drop without a word): what precedes
+	// the damage is kept, so nothing acknowledged before it is lost, and
+	// the rest is discarded and logged at Error level. False means Open
+	// refuses such a directory with ErrCorrupt naming the file, the
+	// offset and what would be lost, and changes nothing. The torn end a
+	// crash or power loss leaves is the normal end of a log and needs no
+	// option. Embedded store only.
+	DiscardDamagedLog bool
 
 	// CacheSize is the size in bytes of a read cache of completed and
 	// failed records in front of the backend. Finished records do not

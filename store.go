@@ -51,8 +51,8 @@ type Store struct {
 // the defaults.
 //
 // The options that only the embedded store reads (InMemory, Sync,
-// SyncInterval, DiskReserve) are refused: another backend has durability settings of
-// its own.
+// SyncInterval, DiskReserve, DiscardDamagedLog) are refused: another
+// backend has durability settings of its own.
 func New(b Backend, opts *Options) (*Store, error) {
 	if b == nil {
 		return nil, errors.New("idem: New: nil backend")
@@ -66,6 +66,7 @@ func New(b Backend, opts *Options) (*Store, error) {
 			{"Sync", opts.Sync != SyncAlways},
 			{"SyncInterval", opts.SyncInterval != 0},
 			{"DiskReserve", opts.DiskReserve != 0},
+			{"DiscardDamagedLog", opts.DiscardDamagedLog},
 		} {
 			if f.set {
 				return nil, fmt.Errorf("idem: New: Options.%s applies to the embedded store (Open) only; this backend has durability settings of its own", f.name)

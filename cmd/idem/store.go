@@ -29,6 +29,7 @@ type storeFlags struct {
 	sentinel    string // -redis names the Sentinels of this master
 	postgres    string // Postgres URL (postgres.go)
 	defaultData string // data directory used when neither -data nor -redis is given; "" means one is required
+	discardLog  bool   // open with idem.Options.DiscardDamagedLog (idem recover)
 }
 
 func addStoreFlags(fs *flag.FlagSet) *storeFlags {
@@ -140,6 +141,8 @@ func openStore(f *storeFlags, readOnly bool, stderr io.Writer) (*idem.Store, err
 		// The store's own service may allow keys longer than the
 		// default: the command must reach every key a store can hold.
 		MaxKeySize: idem.MaxKeySizeLimit,
+		// idem recover -discard-damaged-log
+		DiscardDamagedLog: f.discardLog,
 	}
 	s, err := f.open(opts)
 	if errors.Is(err, idem.ErrNeedsRecovery) {

@@ -43,6 +43,14 @@ type Config struct {
 	// means DefaultReserve; negative turns the check off.
 	Reserve int64
 
+	// DiscardDamagedLog lets a read-write open go on past damage inside
+	// a write-ahead or value log (a bad entry with valid entries after
+	// it): what precedes the damage is kept, the rest is discarded and
+	// logged at Error level. False means Open refuses such a directory
+	// with ErrCorrupt, changing nothing. The torn end a crash leaves
+	// needs no option.
+	DiscardDamagedLog bool
+
 	Logger *slog.Logger // Badger's warnings and errors; nil means silent
 }
 
@@ -97,7 +105,7 @@ func Open(cfg Config) (*DB, error) {
 	if !cfg.InMemory {
 		// Before Badger opens it: Badger changes a directory as it opens
 		// it, and panics on some damage where no caller can recover.
-		if err := checkDir(dir, cfg.ReadOnly, cfg.Logger); err != nil {
+		if err := checkBeforeOpen(&cfg); err != nil {
 			return nil, fmt.Errorf("open %s: %w", dir, err)
 		}
 	}
