@@ -23,7 +23,11 @@ func embeddedSpecs() []spec {
 	out = append(out, spec{id: "embedded-do-durable-1", group: "embedded", workers: 1,
 		title:   "embedded, 1 caller: durable Do (default) vs the same two Badger transactions and db.Sync",
 		subject: "Do, durable (default)", baseline: "Badger: create-if-absent txn, set txn, db.Sync",
-		subjectG: idemFsync, baseG: rawBadgerSynced, target: 1.0, make: embeddedDoRow(1, true)})
+		subjectG: idemFsync, baseG: rawBadgerSynced, target: 1.0, fsync: true, make: embeddedDoRow(1, true)})
+	out = append(out, spec{id: "embedded-do-durable-16", group: "embedded", workers: 16,
+		title:   "embedded, 16 callers: durable Do (group commit) vs the same two Badger transactions and db.Sync per call",
+		subject: "Do, durable (default)", baseline: "Badger: create-if-absent txn, set txn, db.Sync",
+		subjectG: idemFsync, baseG: rawBadgerSynced, fsync: true, make: embeddedDoRow(16, true)})
 	return out
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -23,8 +24,10 @@ type env struct {
 	root     string
 	duration time.Duration
 	client   string // "nethttp" or "fasthttp"
-	quick    bool
 	log      io.Writer
+	// profiling labels the servers' handler goroutines by side (pprof
+	// label "side"), as the runner labels the callers.
+	profiling bool
 
 	redisTried   bool
 	redis        *exec.Cmd
@@ -33,6 +36,7 @@ type env struct {
 	redisErr     error
 	redisVersion string
 	dirs         atomic.Int64
+	fsyncNote    string
 }
 
 // errNoRedis is returned when redis-server is not on PATH.
@@ -156,4 +160,88 @@ func (e *env) newRedisClient() (*redis.Client, error) {
 		return nil, err
 	}
 	return redis.NewClient(&redis.Options{Addr: addr}), nil
+}
+
+// resetRedisStats zeroes the server's per-command statistics, so that
+// redisStats covers one row's timed rounds.
+func (e *env) resetRedisStats() error {
+	c, err := e.newRedisClient()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.ConfigResetStat(context.Background()).Err()
+}
+
+// redisStats returns the server's own time per call of the commands the
+// rows send (INFO commandstats), both sides together: the part of a round
+// trip a client-side profile cannot see.
+func (e *env) redisStats() string {
+	c, err := e.newRedisClient()
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	info, err := c.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		return ""
+	}
+	var parts []string
+	for _, line := range strings.Split(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		cmd, isCmd := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !isCmd || strings.HasPrefix(cmd, "config") || strings.HasPrefix(cmd, "client") || cmd == "info" || cmd == "ping" || cmd == "hello" {
+			continue
+		}
+		var calls, perCall string
+		for _, kv := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			switch k {
+			case "calls":
+				calls = v
+			case "usec_per_call":
+				perCall = v
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %sµs (%s calls)", strings.ToUpper(cmd), perCall, calls))
+	}
+	if len(parts) == 0 {
+		return ""
+	}
+	slices.Sort(parts)
+	return "redis-server time per call, both sides (the GETs and SETs a script makes are counted too, and their time is in EVALSHA's): " + strings.Join(parts, ", ")
+}
+
+// fsyncLatency measures what one small durable write costs on the disk
+// under the run's directory (a 4 KiB write and fsync, 200 times), once a
+// run: the durable rows depend on it more than on anything idem does.
+func (e *env) fsyncLatency() string {
+	if e.fsyncNote != "" {
+		return e.fsyncNote
+	}
+	dir, err := e.tempDir("fsync")
+	if err != nil {
+		return ""
+	}
+	f, err := os.Create(filepath.Join(dir, "probe"))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	buf := make([]byte, 4096)
+	var lat []time.Duration
+	for i := range 200 {
+		t0 := time.Now()
+		if _, err := f.WriteAt(buf, int64(i%16)*4096); err != nil {
+			return ""
+		}
+		if err := f.Sync(); err != nil {
+			return ""
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	slices.Sort(lat)
+	e.fsyncNote = fmt.Sprintf("a 4 KiB write + fsync in the run's directory takes %v p50, %v p90 here",
+		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*9/10].Round(time.Microsecond))
+	return e.fsyncNote
 }

@@ -2,12 +2,14 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime/pprof"
 	"sync/atomic"
 	"time"
 
@@ -78,11 +80,18 @@ func (s *httpSide) close() error {
 
 // netSide serves mw(handler) with net/http, or the bare handler when mw
 // is nil.
-func (e *env) netSide(mw func(http.Handler) http.Handler, cleanup func() error) *httpSide {
+func (e *env) netSide(label string, mw func(http.Handler) http.Handler, cleanup func() error) *httpSide {
 	s := &httpSide{keys: newKeyGen(httpWorkers), cleanup: cleanup}
 	h := netHandler(&s.runs)
 	if mw != nil {
 		h = mw(h)
+	}
+	if e.profiling {
+		inner := h
+		labels := pprof.Labels("side", label)
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			pprof.Do(r.Context(), labels, func(context.Context) { inner.ServeHTTP(w, r) })
+		})
 	}
 	srv := httptest.NewServer(h)
 	s.addr = srv.Listener.Addr().String()
@@ -92,9 +101,16 @@ func (e *env) netSide(mw func(http.Handler) http.Handler, cleanup func() error) 
 }
 
 // fiberSide serves the handler with Fiber, behind mw when it is not nil.
-func (e *env) fiberSide(mw fiber.Handler, cleanup func() error) (*httpSide, error) {
+func (e *env) fiberSide(label string, mw fiber.Handler, cleanup func() error) (*httpSide, error) {
 	s := &httpSide{keys: newKeyGen(httpWorkers), cleanup: cleanup}
 	app := fiber.New(fiber.Config{DisableStartupMessage: true})
+	if e.profiling {
+		labels := pprof.Labels("side", label)
+		app.Use(func(c *fiber.Ctx) (err error) {
+			pprof.Do(context.Background(), labels, func(context.Context) { err = c.Next() })
+			return err
+		})
+	}
 	if mw != nil {
 		app.Use(mw)
 	}
@@ -165,12 +181,15 @@ func replayTarget(s *httpSide, marked, replays bool) (*target, error) {
 
 // Sides of the HTTP rows. Stores are opened with their defaults.
 
-func bareNet(e *env) (*httpSide, error) { return e.netSide(nil, nil), nil }
+// sideMaker builds one side; label names it in CPU profiles.
+type sideMaker func(e *env, label string) (*httpSide, error)
 
-func bareFiber(e *env) (*httpSide, error) { return e.fiberSide(nil, nil) }
+func bareNet(e *env, label string) (*httpSide, error) { return e.netSide(label, nil, nil), nil }
 
-func idemEmbedded(opts *idem.Options) func(e *env) (*httpSide, error) {
-	return func(e *env) (*httpSide, error) {
+func bareFiber(e *env, label string) (*httpSide, error) { return e.fiberSide(label, nil, nil) }
+
+func idemEmbedded(opts *idem.Options) sideMaker {
+	return func(e *env, label string) (*httpSide, error) {
 		dir, err := e.tempDir("idemhttp")
 		if err != nil {
 			return nil, err
@@ -179,11 +198,11 @@ func idemEmbedded(opts *idem.Options) func(e *env) (*httpSide, error) {
 		if err != nil {
 			return nil, err
 		}
-		return e.netSide(idemhttp.New(s, nil), s.Close), nil
+		return e.netSide(label, idemhttp.New(s, nil), s.Close), nil
 	}
 }
 
-func idemRedisHTTP(e *env) (*httpSide, error) {
+func idemRedisHTTP(e *env, label string) (*httpSide, error) {
 	rdb, err := e.newRedisClient()
 	if err != nil {
 		return nil, err
@@ -192,29 +211,29 @@ func idemRedisHTTP(e *env) (*httpSide, error) {
 	if err != nil {
 		return nil, errors.Join(err, rdb.Close())
 	}
-	return e.netSide(idemhttp.New(s, nil), func() error { return errors.Join(s.Close(), rdb.Close()) }), nil
+	return e.netSide(label, idemhttp.New(s, nil), func() error { return errors.Join(s.Close(), rdb.Close()) }), nil
 }
 
-func fiberMemoryMW(e *env) (*httpSide, error) {
-	return e.fiberSide(idempotency.New(), nil)
+func fiberMemoryMW(e *env, label string) (*httpSide, error) {
+	return e.fiberSide(label, idempotency.New(), nil)
 }
 
-func fiberRedisMW(e *env) (*httpSide, error) {
+func fiberRedisMW(e *env, label string) (*httpSide, error) {
 	rdb, err := e.newRedisClient()
 	if err != nil {
 		return nil, err
 	}
 	st := redisstorage.NewFromConnection(rdb) // its Close closes rdb
-	return e.fiberSide(idempotency.New(idempotency.Config{Storage: st}), st.Close)
+	return e.fiberSide(label, idempotency.New(idempotency.Config{Storage: st}), st.Close)
 }
 
 // httpRow builds a row of two HTTP sides, loaded alike: first requests
 // (a new key every request) or replays (one key).
-func httpRow(replay bool, subject, baseline func(*env) (*httpSide, error), marked bool) func(*env) (*target, *target, error) {
+func httpRow(id string, replay bool, subject, baseline sideMaker, marked bool) func(*env) (*target, *target, error) {
 	return func(e *env) (*target, *target, error) {
 		var ts [2]*target
-		for i, mk := range []func(*env) (*httpSide, error){subject, baseline} {
-			s, err := mk(e)
+		for i, mk := range []sideMaker{subject, baseline} {
+			s, err := mk(e, id+"/"+[]string{"subject", "baseline"}[i]+"-server")
 			if err == nil && !replay {
 				ts[i] = firstTarget(s)
 			} else if err == nil {
@@ -236,15 +255,15 @@ func httpSpecs() []spec {
 		netBare   = "net/http bare handler"
 		fiberBare = "Fiber bare handler"
 	)
-	first := func(id, title, subject, baseline string, g promises, target float64, redis bool, sub, base func(*env) (*httpSide, error)) spec {
+	first := func(id, title, subject, baseline string, g promises, target float64, redis bool, sub, base sideMaker) spec {
 		return spec{id: "first-" + id, group: "first", title: "first request (new key each), 16 connections: " + title,
 			workers: httpWorkers, subject: subject, baseline: baseline, subjectG: g, baseG: nothing,
-			target: target, redis: redis, make: httpRow(false, sub, base, false)}
+			target: target, redis: redis, fsync: g.Durable == "fsync", make: httpRow("first-"+id, false, sub, base, false)}
 	}
-	replay := func(id, title, subject, baseline string, g promises, target float64, redis, marked bool, sub, base func(*env) (*httpSide, error)) spec {
+	replay := func(id, title, subject, baseline string, g promises, target float64, redis, marked bool, sub, base sideMaker) spec {
 		return spec{id: "replay-" + id, group: "replay", title: "replay (one key), 16 connections: " + title,
 			workers: httpWorkers, subject: subject, baseline: baseline, subjectG: g, baseG: nothing,
-			target: target, redis: redis, make: httpRow(true, sub, base, marked)}
+			target: target, redis: redis, make: httpRow("replay-"+id, true, sub, base, marked)}
 	}
 	never := &idem.Options{Sync: idem.SyncNever}
 	cached := &idem.Options{CacheSize: 64 << 20}

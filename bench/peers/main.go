@@ -68,7 +68,7 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	e := &env{root: root, duration: *duration, client: *clientKind, quick: *quick, log: stderr}
+	e := &env{root: root, duration: *duration, client: *clientKind, log: stderr, profiling: *cpuProfile != ""}
 	defer func() {
 		e.close()
 		os.RemoveAll(root)
@@ -129,6 +129,7 @@ type row struct {
 	Target     float64 `json:"target,omitempty"` // 0: none
 	Pass       *bool   `json:"pass,omitempty"`
 	Skipped    string  `json:"skipped,omitempty"`
+	Note       string  `json:"note,omitempty"`
 }
 
 // spec describes a row before it is measured.
@@ -139,6 +140,7 @@ type spec struct {
 	subjectG, baseG   promises
 	target            float64
 	redis             bool // needs a redis-server
+	fsync             bool // depends on the disk's fsync: the row's note says what one costs
 	make              func(e *env) (subject, baseline *target, err error)
 }
 
@@ -208,12 +210,24 @@ func (e *env) measure(s spec) (r row, err error) {
 		}
 	}()
 	ts := []*target{sub, base}
+	sub.label, base.label = s.id+"/subject", s.id+"/baseline"
 	if _, err := run(ts, s.workers, e.warmup()); err != nil {
 		return r, fmt.Errorf("warm-up: %w", err)
+	}
+	if s.redis {
+		if err := e.resetRedisStats(); err != nil {
+			return r, err
+		}
 	}
 	res, err := run(ts, s.workers, e.duration)
 	if err != nil {
 		return r, err
+	}
+	if s.redis {
+		r.Note = e.redisStats()
+	}
+	if s.fsync {
+		r.Note = e.fsyncLatency()
 	}
 	for _, t := range ts {
 		if t.check != nil {
@@ -245,8 +259,22 @@ func printTable(w io.Writer, rows []row) {
 	}
 	tw.Flush()
 	fmt.Fprintln(w)
+	printNotes(w, rows)
 	fmt.Fprintln(w, ratioNote)
 	fmt.Fprintln(w, legend)
+}
+
+func printNotes(w io.Writer, rows []row) {
+	n := 0
+	for _, r := range rows {
+		if r.Note != "" {
+			fmt.Fprintf(w, "- %s: %s\n", r.ID, r.Note)
+			n++
+		}
+	}
+	if n > 0 {
+		fmt.Fprintln(w)
+	}
 }
 
 const ratioNote = `ratio: the median, over pairs of neighbouring ~20ms rounds, of the subject's throughput over the
@@ -259,6 +287,7 @@ func printMarkdown(w io.Writer, rows []row) {
 		fmt.Fprintf(w, "| %s |\n", strings.Join(cells(r), " | "))
 	}
 	fmt.Fprintln(w)
+	printNotes(w, rows)
 	fmt.Fprintln(w, ratioNote)
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, legend)

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/bits"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"time"
@@ -22,6 +24,9 @@ type target struct {
 	check func() error
 	// close releases what the target holds.
 	close func() error
+	// label, when set, is the pprof label "side" of the goroutines that
+	// call op, so a CPU profile can be split by side.
+	label string
 }
 
 // result is what one side measured.
@@ -116,6 +121,9 @@ func run(ts []*target, workers int, d time.Duration) ([]result, error) {
 			busy = true
 			start := time.Now()
 			err := parallel(workers, func(w int) error {
+				if t.label != "" {
+					pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), pprof.Labels("side", t.label)))
+				}
 				h := &s.hists[w]
 				for range s.perRound {
 					t0 := time.Now()
