@@ -7,7 +7,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -52,6 +54,8 @@ type rawRecord struct {
 	UpdatedAt   int64
 	LeaseUntil  int64
 	ExpiresAt   int64
+	Holder      uint64
+	Checksum    uint32
 }
 
 // keyOf returns the key of fixture record i: a scattered 16-digit hex
@@ -109,12 +113,39 @@ func storedForm(r *idem.Record) []byte {
 	defer msgpack.PutEncoder(enc)
 	enc.Reset(buf)
 	enc.UseCompactInts(true)
-	if err := enc.Encode(&rawRecord{Version: 1, State: uint8(r.State), Fingerprint: r.Fingerprint, Response: r.Response,
+	raw := &rawRecord{Version: 1, State: uint8(r.State), Fingerprint: r.Fingerprint, Response: r.Response,
 		Retryable: r.Retryable, Attempts: r.Attempts, Token: r.Token, CreatedAt: ns(r.CreatedAt),
-		UpdatedAt: ns(r.UpdatedAt), LeaseUntil: ns(r.LeaseUntil), ExpiresAt: ns(r.ExpiresAt)}); err != nil {
+		UpdatedAt: ns(r.UpdatedAt), LeaseUntil: ns(r.LeaseUntil), ExpiresAt: ns(r.ExpiresAt)}
+	raw.Checksum = raw.checksum()
+	if err := enc.Encode(raw); err != nil {
 		panic(err) // a bytes.Buffer does not fail
 	}
 	return buf.Bytes()
+}
+
+// checksum is the CRC-32C the store keeps with a record (see idem's
+// codec.go): of the fixed-size fields, then the fingerprint and the
+// response. TestStoredForm checks it against the store's.
+func (r *rawRecord) checksum() uint32 {
+	lenOrNil := func(p []byte) uint64 {
+		if p == nil {
+			return math.MaxUint64
+		}
+		return uint64(len(p))
+	}
+	retry := uint64(0)
+	if r.Retryable {
+		retry = 1
+	}
+	var b []byte
+	for _, v := range []uint64{uint64(r.State), lenOrNil(r.Fingerprint), lenOrNil(r.Response), uint64(r.Attempts)<<1 | retry,
+		r.Token, uint64(r.CreatedAt), uint64(r.UpdatedAt), uint64(r.LeaseUntil), uint64(r.ExpiresAt), r.Holder} {
+		b = binary.BigEndian.AppendUint64(b, v)
+	}
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	c := crc32.Update(0, tab, b)
+	c = crc32.Update(c, tab, r.Fingerprint)
+	return crc32.Update(c, tab, r.Response)
 }
 
 func dbKey(buf []byte, key string) []byte {
