@@ -25,9 +25,9 @@ import (
 // once.
 //
 // Do, the idemhttp middleware and the idemgrpc interceptor all renew their
-// leases through KeepAlive. Renewals are scheduled by one goroutine per
-// store, not one per lease: a request that ends within a third of its
-// lease costs no goroutine and no timer.
+// leases through KeepAlive. Renewals are scheduled on one timer per store,
+// not a goroutine and a timer per lease: a request that ends within a
+// third of its lease costs a heap push and a removal.
 func (l *Lease) KeepAlive(ctx context.Context) (run context.Context, stop func()) {
 	run, cancel := context.WithCancelCause(context.WithValue(ctx, keyCtx{}, l.key))
 	k := &keepAlive{l: l, ctx: context.WithoutCancel(ctx), cancel: cancel, index: -1}
@@ -56,45 +56,45 @@ type keepAlive struct {
 	stopped bool
 }
 
-// keeper schedules the renewals of a store's leases on one goroutine,
-// started with the first lease and stopped by Store.Close.
+// keeper schedules the renewals of a store's leases with one timer, set
+// for the earliest renewal due; it fires on a goroutine of its own, which
+// starts the due renewals and sets the timer for the next. Adding a lease
+// whose renewal is due after the timer (nearly always: leases of one length
+// are added in order) costs a heap push under the mutex and nothing else.
 type keeper struct {
-	mu      sync.Mutex
-	cond    *sync.Cond // signalled when a renewal ends
-	h       keepHeap
-	wake    chan struct{} // buffered: a new earliest due time
-	started bool
-	stop    <-chan struct{}
-	wg      *sync.WaitGroup
-	log     func(msg string, args ...any)
+	mu     sync.Mutex
+	cond   *sync.Cond // signalled when a renewal ends
+	h      keepHeap
+	timer  *time.Timer // fires at next; nil until the first lease
+	next   time.Time   // when the timer fires; zero when it is not set
+	closed bool        // the store is closed: no more renewals
+	log    func(msg string, args ...any)
 }
 
-func (k *keeper) init(stop <-chan struct{}, wg *sync.WaitGroup, warn func(msg string, args ...any)) {
+func (k *keeper) init(warn func(msg string, args ...any)) {
 	k.cond = sync.NewCond(&k.mu)
-	k.wake = make(chan struct{}, 1)
-	k.stop, k.wg, k.log = stop, wg, warn
+	k.log = warn
 }
 
 func (k *keeper) add(ka *keepAlive, due time.Time) {
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	ka.due = due
 	heap.Push(&k.h, ka)
-	first := ka.index == 0
-	if !k.started {
-		k.started = true
-		k.wg.Add(1)
-		go k.loop()
-	}
-	k.mu.Unlock()
-	if first {
-		k.signal()
-	}
+	k.schedule(due)
 }
 
-func (k *keeper) signal() {
-	select {
-	case k.wake <- struct{}{}:
-	default:
+// schedule makes the timer fire by due. k.mu is held.
+func (k *keeper) schedule(due time.Time) {
+	if k.closed || (!k.next.IsZero() && !due.Before(k.next)) {
+		return
+	}
+	k.next = due
+	d := max(time.Until(due), 0)
+	if k.timer == nil {
+		k.timer = time.AfterFunc(d, k.fire)
+	} else {
+		k.timer.Reset(d)
 	}
 }
 
@@ -111,37 +111,36 @@ func (k *keeper) remove(ka *keepAlive) {
 	}
 }
 
-func (k *keeper) loop() {
-	defer k.wg.Done()
-	t := time.NewTimer(time.Hour)
-	defer t.Stop()
-	for {
-		k.mu.Lock()
-		now := time.Now()
-		for len(k.h) > 0 && !k.h[0].due.After(now) {
-			ka := heap.Pop(&k.h).(*keepAlive)
-			ka.running = true
-			go k.renew(ka)
-		}
-		wait := time.Hour
-		if len(k.h) > 0 {
-			wait = k.h[0].due.Sub(now)
-		}
-		k.mu.Unlock()
-		t.Reset(wait)
-		select {
-		case <-k.stop:
-			k.mu.Lock()
-			// Leases still scheduled are ended by their holders, whose
-			// next step gets ErrClosed; nothing renews them now.
-			for len(k.h) > 0 {
-				heap.Pop(&k.h)
-			}
-			k.mu.Unlock()
-			return
-		case <-k.wake:
-		case <-t.C:
-		}
+// fire starts the renewals that are due and sets the timer for the next.
+func (k *keeper) fire() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.next = time.Time{}
+	if k.closed {
+		return
+	}
+	now := time.Now()
+	for len(k.h) > 0 && !k.h[0].due.After(now) {
+		ka := heap.Pop(&k.h).(*keepAlive)
+		ka.running = true
+		go k.renew(ka)
+	}
+	if len(k.h) > 0 {
+		k.schedule(k.h[0].due)
+	}
+}
+
+// close stops the renewals: leases still scheduled are ended by their
+// holders, whose next step gets ErrClosed.
+func (k *keeper) close() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.closed = true
+	if k.timer != nil {
+		k.timer.Stop()
+	}
+	for len(k.h) > 0 {
+		heap.Pop(&k.h)
 	}
 }
 
@@ -159,23 +158,20 @@ func (k *keeper) renew(ka *keepAlive) {
 		k.log("idem: lease renewal failed", "key", l.key, "err", err)
 	}
 	k.mu.Lock()
+	defer k.mu.Unlock()
 	ka.running = false
-	first := false
-	if !lost && !ka.stopped {
-		ka.due = time.Now().Add(l.renewEvery())
-		if err != nil {
-			// Try again sooner: the lease has two thirds of its life left
-			// at most, and one failed renewal must not lose it.
-			ka.due = time.Now().Add(l.renewEvery() / 4)
-		}
-		heap.Push(&k.h, ka)
-		first = ka.index == 0
-	}
 	k.cond.Broadcast()
-	k.mu.Unlock()
-	if first {
-		k.signal()
+	if lost || ka.stopped || k.closed {
+		return
 	}
+	ka.due = time.Now().Add(l.renewEvery())
+	if err != nil {
+		// Try again sooner: the lease has two thirds of its life left
+		// at most, and one failed renewal must not lose it.
+		ka.due = time.Now().Add(l.renewEvery() / 4)
+	}
+	heap.Push(&k.h, ka)
+	k.schedule(ka.due)
 }
 
 // keepHeap orders leases by their next renewal.

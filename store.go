@@ -99,7 +99,7 @@ func newStore(b Backend, o Options) *Store {
 	if e, ok := b.(interface{ Epoch() uint64 }); ok {
 		s.epoch = e.Epoch()
 	}
-	s.keeper.init(s.stop, &s.wg, s.log.Warn)
+	s.keeper.init(s.log.Warn)
 	if o.CacheSize > 0 {
 		s.cache = newRecordCache(o.CacheSize, o.CacheTTL)
 	}
@@ -135,6 +135,7 @@ func (s *Store) Close() error {
 	s.isClosed.Store(true)
 	close(s.stop)
 	s.mu.Unlock()
+	s.keeper.close()
 	s.wg.Wait()
 	if s.cache != nil {
 		s.cache.close()
