@@ -39,6 +39,9 @@ func Open(dir string, opts *Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("idem: %w", embeddedErr(err))
 	}
+	if o.CacheSize == 0 {
+		o.CacheSize = DefaultCacheSize
+	}
 	return newStore(embedded{kv}, o), nil
 }
 

@@ -51,6 +51,9 @@ const (
 	// MaxKeySizeLimit is the largest Options.MaxKeySize accepted: Badger's
 	// key limit less the room the store needs for its own prefix.
 	MaxKeySizeLimit = 60000
+	// DefaultCacheSize is the read cache of the embedded store when
+	// Options.CacheSize is zero, in bytes: about 8000 records of 1 KiB.
+	DefaultCacheSize = 8 << 20
 	// DefaultMaxResponseSize is the default for Options.MaxResponseSize.
 	DefaultMaxResponseSize = 1 << 20
 	// MaxResponseSizeLimit is the largest Options.MaxResponseSize
@@ -135,9 +138,12 @@ type Options struct {
 	// CacheSize is the size in bytes of a read cache of completed and
 	// failed records in front of the backend. Finished records do not
 	// change until they expire, so Get and the replay path of Begin can be
-	// answered without a backend read. Zero means no cache. With several
-	// instances on one Redis, a Delete made by another instance is not seen
-	// by this cache until the cached record's own expiry or CacheTTL.
+	// answered without a backend read. Zero means DefaultCacheSize (8 MiB)
+	// for the embedded store (Open), whose every write goes through this
+	// Store, and no cache for New: with several instances on one Redis or
+	// Postgres, a Delete made by another instance is not seen by this cache
+	// until the cached record's own expiry or CacheTTL, so there it is the
+	// caller's choice. Negative means no cache.
 	CacheSize int64
 	// CacheTTL bounds how long a record stays cached. Zero means 1m.
 	CacheTTL time.Duration
@@ -208,8 +214,6 @@ func (o *Options) withDefaults() (Options, error) {
 	if r.MaxWaiters < 0 {
 		return r, fmt.Errorf("idem: Options.MaxWaiters is negative (%d)", r.MaxWaiters)
 	}
-	if r.CacheSize < 0 {
-		return r, fmt.Errorf("idem: Options.CacheSize is negative (%d)", r.CacheSize)
-	}
+
 	return r, nil
 }

@@ -78,7 +78,7 @@ func crashed(t *testing.T) (dir, mem string, offs []int64) {
 	s := scanLog(mem)
 	require.NoError(t, s.Err)
 	require.Nil(t, s.Damage)
-	require.Equal(t, crashedRecords+1, s.Writes, "writes replayed")
+	require.Equal(t, crashedRecords+2, s.Writes, "writes replayed: the epoch of the open, the records and one more")
 	return dir, mem, entryOffsets(t, mem, s.End)
 }
 
@@ -170,7 +170,7 @@ func TestLogTornEnd(t *testing.T) {
 			s := scanLog(mem)
 			require.NoError(t, s.Err)
 			require.Nil(t, s.Damage, "a torn end is not damage")
-			assert.Equal(t, crashedRecords, s.Writes)
+			assert.Equal(t, crashedRecords+1, s.Writes, "the epoch of the open and the records")
 			assert.Equal(t, last, s.End)
 			assert.Equal(t, crashedRecords, countTrue(keysPresent(t, Config{Dir: dir}, crashedRecords)), "acknowledged records after reopen")
 		})
@@ -225,15 +225,16 @@ func TestLogDamageRefused(t *testing.T) {
 			assert.Equal(t, off, s.Damage.Offset)
 			assert.Equal(t, off, s.End, "the entry before it ends a transaction")
 			assert.Equal(t, i, 2*s.Writes, "one write and one end marker a transaction")
-			assert.Equal(t, crashedRecords+1-s.Writes-1, s.Damage.WritesAfter, "every write after the damaged one")
+			assert.Equal(t, crashedRecords+2-s.Writes-1, s.Damage.WritesAfter, "every write after the damaged one")
 			before := sums(t, dir)
 			env := []string{"FAULT_DIR=" + dir, "FAULT_FILE=" + filepath.Base(mem), "FAULT_OFFSET=" + strconv.FormatInt(off, 10)}
 			runChild(t, -1, env...)
 			require.Equal(t, before, sums(t, dir), "a refused open changed the directory")
 
 			out := runChild(t, -1, append(env, "FAULT_DISCARD=1")...)
-			assert.Contains(t, out, fmt.Sprintf("kept=%d", s.Writes))
-			assert.Equal(t, s.Writes, countTrue(keysPresent(t, Config{Dir: dir}, crashedRecords)), "after the damaged log was cut")
+			// The writes before the damage: the epoch of the open, then records.
+			assert.Contains(t, out, fmt.Sprintf("kept=%d", s.Writes-1))
+			assert.Equal(t, s.Writes-1, countTrue(keysPresent(t, Config{Dir: dir}, crashedRecords)), "after the damaged log was cut")
 		})
 	}
 }
