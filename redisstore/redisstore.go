@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -68,6 +69,9 @@ type Backend struct {
 	prefix string
 	wait   int
 	waitTO time.Duration
+	// noSetNXGet is set once Redis refused SET NX GET (before 7.0): new
+	// keys are then claimed by the script too.
+	noSetNXGet atomic.Bool
 }
 
 var _ idem.Backend = (*Backend)(nil)
@@ -179,6 +183,13 @@ func (b *Backend) Load(ctx context.Context, key string) ([]byte, error) {
 func (b *Backend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
 	k := b.prefix + key
 	args := casArgs(old, new, expireAt)
+	if old == nil && new != nil && !(durable && b.wait > 0) && !b.noSetNXGet.Load() {
+		cur, swapped, err := b.claim(ctx, k, new, args[4].(int64))
+		if err == nil || !isSyntaxErr(err) {
+			return cur, swapped, err
+		}
+		b.noSetNXGet.Store(true) // Redis before 7.0: the script does it
+	}
 	var res any
 	var err error
 	if durable && b.wait > 0 && new != nil {
@@ -194,6 +205,28 @@ func (b *Backend) CompareAndSwap(ctx context.Context, key string, old, new []byt
 		return nil, false, fail("compare-and-swap", perr)
 	}
 	return cur, swapped, err
+}
+
+// claim writes new under k when no value is stored there, in one plain
+// command: SET NX GET (Redis 7.0 and later) writes only if k is absent and
+// returns the stored value otherwise, atomically, as the script would,
+// without the script's cost on the server.
+func (b *Backend) claim(ctx context.Context, k string, new []byte, ms int64) ([]byte, bool, error) {
+	v, err := b.rdb.Do(ctx, "SET", k, new, "NX", "GET", "PX", ms).Text()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, true, nil
+	case err != nil:
+		return nil, false, fail("set nx", err)
+	}
+	return []byte(v), false, nil
+}
+
+// isSyntaxErr reports whether err is Redis refusing a command's syntax, as
+// a Redis before 7.0 refuses SET with both NX and GET.
+func isSyntaxErr(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.Contains(rerr.Error(), "syntax error")
 }
 
 func casArgs(old, new []byte, expireAt time.Time) []any {

@@ -112,3 +112,19 @@ func TestConformanceRedisRing(t *testing.T) {
 		return storeOn(t, rdb, nil, opts)
 	})
 }
+
+// TestConformanceRedisScriptClaims runs the suite with new keys claimed by
+// the script, as on a Redis before 7.0, where SET NX GET is refused.
+func TestConformanceRedisScriptClaims(t *testing.T) {
+	srv := redistest.Start(t)
+	idemtest.Run(t, func(t *testing.T, opts *idem.Options) *idem.Store {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+		t.Cleanup(func() { _ = rdb.Close() })
+		b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: uniquePrefix()})
+		redisstore.ClaimWithScript(b)
+		s, err := idem.New(b, opts)
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, s.Close()) })
+		return s
+	})
+}
