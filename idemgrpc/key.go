@@ -3,15 +3,14 @@ package idemgrpc
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"strconv"
-	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
+
+	"github.com/idemdb/idem/internal/scoped"
 )
 
 // MaxKeyLen is the longest idempotency key accepted, in bytes, as for
@@ -39,36 +38,15 @@ func checkKey(key string) error {
 	return nil
 }
 
-// digestPrefix marks a stored key that is a digest of the scoped key.
-const digestPrefix = "idemgrpc:sha256:"
-
-// storedKey returns the key under which the outcome of the call with key
-// is stored for scope: "idemgrpc:<len(scope)>:<scope>:<key>", which no two
-// (scope, key) pairs share, and which no idemhttp key shares either. When
-// that is longer than maxKeySize, or the scope holds bytes the store
-// refuses in keys, it is replaced by its SHA-256 ("idemgrpc:sha256:<hex>"),
-// which is just as unique. This is idemhttp's scheme under another prefix.
+// storedKey returns the key under which the outcome for key is stored
+// for scope: see scoped.Key.
 func storedKey(scope, key string, maxKeySize int) string {
-	k := "idemgrpc:" + strconv.Itoa(len(scope)) + ":" + scope + ":" + key
-	if len(k) <= maxKeySize && utf8.ValidString(scope) && !hasControl(scope) {
-		return k
-	}
-	sum := sha256.Sum256([]byte(k))
-	return digestPrefix + hex.EncodeToString(sum[:])
+	return scoped.Key("idemgrpc", scope, key, maxKeySize)
 }
 
 // minStoreKeySize is the smallest store MaxKeySize the interceptor works
 // with: room for a digest key.
-const minStoreKeySize = len(digestPrefix) + 2*sha256.Size
-
-func hasControl(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			return true
-		}
-	}
-	return false
-}
+var minStoreKeySize = scoped.MinStoreKeySize("idemgrpc")
 
 // Fingerprint returns the SHA-256 digest that identifies a call: its full
 // method name ("/pkg.Service/Method") and the deterministic proto encoding

@@ -1,13 +1,11 @@
 package idemhttp
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
-	"unicode/utf8"
+
+	"github.com/idemdb/idem/internal/scoped"
 )
 
 // MaxKeyLen is the longest idempotency key accepted, in bytes, as the
@@ -97,32 +95,12 @@ func FormatKey(key string) string {
 	return b.String()
 }
 
-// digestPrefix marks a stored key that is a digest of the scoped key.
-const digestPrefix = "idemhttp:sha256:"
-
-// storedKey returns the key under which the response to key is stored for
-// scope: "idemhttp:<len(scope)>:<scope>:<key>", which no two (scope, key)
-// pairs share. When that is longer than maxKeySize, or the scope holds
-// bytes the store refuses in keys, it is replaced by its SHA-256
-// ("idemhttp:sha256:<hex>"), which is just as unique.
+// storedKey returns the key under which the outcome for key is stored
+// for scope: see scoped.Key.
 func storedKey(scope, key string, maxKeySize int) string {
-	k := "idemhttp:" + strconv.Itoa(len(scope)) + ":" + scope + ":" + key
-	if len(k) <= maxKeySize && utf8.ValidString(scope) && !hasControl(scope) {
-		return k
-	}
-	sum := sha256.Sum256([]byte(k))
-	return digestPrefix + hex.EncodeToString(sum[:])
+	return scoped.Key("idemhttp", scope, key, maxKeySize)
 }
 
 // minStoreKeySize is the smallest store MaxKeySize the middleware works
 // with: room for a digest key.
-const minStoreKeySize = len(digestPrefix) + 2*sha256.Size
-
-func hasControl(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c == 0x7f {
-			return true
-		}
-	}
-	return false
-}
+var minStoreKeySize = scoped.MinStoreKeySize("idemhttp")

@@ -55,10 +55,10 @@ func TestStoredKey(t *testing.T) {
 	// Scopes with separators cannot collide with other (scope, key) pairs.
 	require.NotEqual(t, storedKey("a:1", "k", 255), storedKey("a", "1:k", 255))
 	long := storedKey(strings.Repeat("s", 300), "k", 255)
-	require.True(t, strings.HasPrefix(long, digestPrefix))
+	require.True(t, strings.HasPrefix(long, "idemhttp:sha256:"))
 	require.Len(t, long, minStoreKeySize)
 	require.NotEqual(t, long, storedKey(strings.Repeat("s", 301), "k", 255))
-	require.True(t, strings.HasPrefix(storedKey("tab\there", "k", 255), digestPrefix))
+	require.True(t, strings.HasPrefix(storedKey("tab\there", "k", 255), "idemhttp:sha256:"))
 }
 
 func FuzzDecodeResponse(f *testing.F) {
