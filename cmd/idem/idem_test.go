@@ -922,3 +922,63 @@ func TestRepairChangedWhileAsking(t *testing.T) {
 	assert.Equal(t, idem.StateCompleted, rec.State, "nothing changed")
 	assert.Equal(t, "charged", string(rec.Response))
 }
+
+// TestImportStrict: a line that encoding/json would read but lose part of
+// is a bad line, named by its number, that changes nothing stored: text
+// after the record, a second record on the line, a field named twice or
+// in another case (json keeps the last, or the one it matches), and
+// attempts or a token no record can hold.
+func TestImportStrict(t *testing.T) {
+	now := time.Now().UTC()
+	later := now.Add(time.Hour)
+	rec := func(key, response string) string {
+		b, err := json.Marshal(idemadmin.Record{Key: key, State: "completed", Fingerprint: "00", Response: []byte(response),
+			Token: 5, Attempts: 1, CreatedAt: &now, ExpiresAt: &later})
+		require.NoError(t, err)
+		return string(b)
+	}
+	a := rec("a", "ok")
+	respA := `"response":"b2s="`
+	lines := []string{
+		a,
+		rec("b", "ok") + ` xyz`,
+		rec("b", "ok") + rec("c", "ok"),
+		strings.Replace(a, respA, respA+`,"response":"ZXZpbA=="`, 1),
+		strings.Replace(a, respA, respA+`,"Response":"ZXZpbA=="`, 1),
+		strings.Replace(a, respA, `"RESPONSE":"ZXZpbA=="`, 1),
+		strings.Replace(a, `"key":"a"`, `"key":"d","key":"a"`, 1),
+		strings.Replace(a, `"attempts":1`, `"attempts":3000000000`, 1),
+		strings.Replace(a, `"attempts":1`, `"attempts":-1`, 1),
+		strings.Replace(a, `"token":5`, `"token":9007199254740992`, 1),
+		rec("z", "ok"),
+	}
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	require.NoError(t, os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	dst := filepath.Join(t.TempDir(), "dst")
+	r := idemCmd(t, "", "import", "-overwrite", "-data", dst, file)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, "imported 2 records; kept 0 existing; skipped 0 expired; 9 bad lines")
+	for _, want := range []string{
+		`line 2: after the record: invalid character 'x' looking for beginning of value (one record a line)`,
+		`line 3: after the record: another value, beginning { (one record a line)`,
+		`line 4: field "response" twice`,
+		`line 5: field "Response": its name is "response"`,
+		`line 6: field "RESPONSE": its name is "response"`,
+		`line 7: field "key" twice`,
+		`line 8: key "a": attempts 3000000000 is out of range (0 to 2147483647)`,
+		`line 9: key "a": attempts -1 is out of range (0 to 2147483647)`,
+		`line 10: key "a": token 9007199254740992 is larger than the largest fencing token, 9007199254740991 (idem.MaxToken)`,
+	} {
+		assert.Contains(t, r.stderr, want+"\n")
+	}
+	s := open(t, dst)
+	got := mustGet(t, s, "a")
+	assert.Equal(t, "ok", string(got.Response), "no bad line changed it")
+	assert.Equal(t, uint64(5), got.Token)
+	assert.Equal(t, 1, got.Attempts)
+	for _, key := range []string{"b", "c", "d"} {
+		_, err := s.Get(ctx, key)
+		assert.ErrorIs(t, err, idem.ErrNotFound, key)
+	}
+	assert.Equal(t, "ok", string(mustGet(t, s, "z").Response))
+}
