@@ -63,6 +63,18 @@ type serveConfig struct {
 	repairs bool
 }
 
+// Timeouts of every HTTP server idem serve runs (the payments API and
+// the admin endpoint): a client has serveHeaderTimeout to send a
+// request's headers and serveReadTimeout to send all of it, body
+// included, so that a stalled client cannot hold a connection and a
+// handler; a connection between requests is closed after
+// serveIdleTimeout. Variables, so that tests can shorten them.
+var (
+	serveHeaderTimeout = 10 * time.Second
+	serveReadTimeout   = 15 * time.Second
+	serveIdleTimeout   = time.Minute
+)
+
 // serve runs the payments API, and the admin endpoint when cfg.admin is
 // set, until ctx ends or one of them fails; then it shuts both down and
 // closes the store.
@@ -97,7 +109,9 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 		}
 		return server{name, ln, &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
+			ReadHeaderTimeout: serveHeaderTimeout,
+			ReadTimeout:       serveReadTimeout,
+			IdleTimeout:       serveIdleTimeout,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
 		}}, nil
 	}
