@@ -39,7 +39,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemdb/idem"
 )
@@ -252,16 +254,45 @@ func (a *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	case r.Context().Err() != nil:
 		// The client has gone.
 	default:
-		a.opts.Logger.Error("idemadmin: store error", "path", r.URL.Path, "err", err)
+		a.opts.Logger.Error("idemadmin: store error", "method", r.Method, "path", clip(r.URL.Path, maxLoggedKey), "err", clipIn(err.Error(), r.PathValue("key")))
 		a.problem(w, r, http.StatusInternalServerError, Problem{Error: err.Error()})
 	}
 }
 
 func (a *server) problem(w http.ResponseWriter, r *http.Request, code int, p Problem) {
-	if code >= 400 && code != http.StatusNotFound {
-		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", r.URL.Path, "status", code, "reason", p.Error)
+	if code >= 400 && code != http.StatusNotFound && code != http.StatusInternalServerError {
+		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", clip(r.URL.Path, maxLoggedKey), "status", code, "reason", clipIn(p.Error, r.PathValue("key")))
 	}
 	writeJSON(w, code, p)
+}
+
+// Bounds of what the handler logs: a key may be tens of kilobytes long
+// (idem.Options.MaxKeySize), and a path or a message holds it.
+const (
+	maxLoggedKey     = 200
+	maxLoggedMessage = 1000
+)
+
+// clip returns s, or when it is longer than n bytes its first bytes
+// with a marker saying how long it was.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s...(%d bytes)", s[:cut], len(s))
+}
+
+// clipIn returns msg, a message that may quote key, with key clipped, and
+// the message clipped too should it still be long.
+func clipIn(msg, key string) string {
+	if len(key) > maxLoggedKey {
+		msg = strings.ReplaceAll(msg, key, clip(key, maxLoggedKey))
+	}
+	return clip(msg, maxLoggedMessage)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -166,4 +167,26 @@ func TestRepairsOff(t *testing.T) {
 	rec, err := s.Get(ctx, "k")
 	require.NoError(t, err)
 	assert.Equal(t, idem.StateInProgress, rec.State)
+}
+
+// Every admin call that reaches the endpoint, answered or refused, logs a
+// key of 60 KB in a line of a few hundred bytes that says how long it was.
+func TestLogClipsKeys(t *testing.T) {
+	var logs bytes.Buffer
+	clock := idemtest.NewClock()
+	s := open(t, clock)
+	h := idemadmin.Handler(s, &idemadmin.Options{Now: clock.Now, Repairs: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	key := strings.Repeat("k", idem.MaxKeySizeLimit)
+	code, _ := call(t, h, "GET", "/admin/records/"+key, nil)
+	require.Equal(t, http.StatusBadRequest, code, "longer than the store's keys")
+	code, _ = call(t, h, "POST", "/admin/release/"+key, map[string]any{"token": 0})
+	require.Equal(t, http.StatusBadRequest, code)
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	require.Len(t, lines, 2, logs.String())
+	for _, line := range lines {
+		assert.Less(t, len(line), 1500, line)
+		assert.Regexp(t, `path="/admin/(records|release)/k{185}\.\.\.\(600\d\d bytes\)"`, line)
+		assert.NotContains(t, line, strings.Repeat("k", 201))
+	}
 }
