@@ -31,6 +31,15 @@
 // response). The record and list endpoints show responses, which may hold
 // personal data: the handler has no authentication of its own, so keep its
 // address private or wrap it in the service's own.
+//
+// What the handler does itself against a web page in an operator's
+// browser: it answers only requests whose Host names a loopback address
+// or one of Options.AllowedHosts (421 otherwise), so that a name an
+// attacker rebinds to the admin address (DNS rebinding) reaches nothing;
+// it refuses any request a browser marks as coming from another site
+// (Sec-Fetch-Site, or an Origin other than the Host: 403); and a repair's
+// body must be sent as application/json (415 otherwise), which a form on
+// another site cannot send.
 package idemadmin
 
 import (
@@ -38,6 +47,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -57,6 +67,14 @@ type Options struct {
 	// Now is the clock that decides which leases are stale and how old a
 	// record is. Nil means the store's clock (idem.Options.Now).
 	Now func() time.Time
+	// AllowedHosts are the host names and addresses, besides loopback
+	// ones (localhost, 127.0.0.1, ::1), that a request's Host may name,
+	// with or without a port: the names operators reach the handler by,
+	// such as the address it listens on. A request for any other host is
+	// refused with 421, so that a name rebound to this address by an
+	// attacker's DNS reaches nothing. "*" allows every host (behind a
+	// proxy that checks it). Nil means loopback only.
+	AllowedHosts []string
 }
 
 // RepairRequest is the body of a repair: what the operator was shown of
@@ -100,6 +118,7 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	a := &server{s: s}
 	if opts != nil {
 		a.opts = *opts
+		a.opts.AllowedHosts = append([]string(nil), opts.AllowedHosts...)
 	}
 	if a.opts.Logger == nil {
 		a.opts.Logger = slog.New(slog.DiscardHandler)
@@ -107,6 +126,7 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	if a.opts.Now == nil {
 		a.opts.Now = s.Options().Now
 	}
+	a.hosts = newHostCheck(a.opts.AllowedHosts)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/records/{key...}", a.get)
 	mux.HandleFunc("GET /admin/records", a.list)
@@ -114,12 +134,13 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	mux.HandleFunc("POST /admin/release/{key...}", a.repair("release"))
 	mux.HandleFunc("POST /admin/fail/{key...}", a.repair("fail"))
 	mux.HandleFunc("POST /admin/delete/{key...}", a.repair("delete"))
-	return mux
+	return a.guard(mux)
 }
 
 type server struct {
-	s    *idem.Store
-	opts Options
+	s     *idem.Store
+	opts  Options
+	hosts hostCheck
 }
 
 func (a *server) get(w http.ResponseWriter, r *http.Request) {
@@ -172,6 +193,10 @@ func (a *server) repair(op string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !a.opts.Repairs {
 			a.problem(w, r, http.StatusForbidden, Problem{Error: "repairs are off on this endpoint (idemadmin.Options.Repairs; idem serve -admin-repairs)"})
+			return
+		}
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+			a.problem(w, r, http.StatusUnsupportedMediaType, Problem{Error: fmt.Sprintf("a repair's body is a RepairRequest sent as Content-Type: application/json, not %q", r.Header.Get("Content-Type"))})
 			return
 		}
 		key := r.PathValue("key")

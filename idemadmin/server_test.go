@@ -29,6 +29,8 @@ func open(t *testing.T, clock *idemtest.Clock) *idem.Store {
 	return s
 }
 
+// call sends a request to h as a tool on the same machine does: to a
+// loopback address, with a JSON body.
 func call(t *testing.T, h http.Handler, method, target string, body any) (int, string) {
 	t.Helper()
 	var rd io.Reader
@@ -37,8 +39,13 @@ func call(t *testing.T, h http.Handler, method, target string, body any) (int, s
 		require.NoError(t, err)
 		rd = bytes.NewReader(b)
 	}
+	r := httptest.NewRequest(method, target, rd)
+	r.Host = "127.0.0.1:9090"
+	if body != nil {
+		r.Header.Set("Content-Type", "application/json")
+	}
 	w := httptest.NewRecorder()
-	h.ServeHTTP(w, httptest.NewRequest(method, target, rd))
+	h.ServeHTTP(w, r)
 	return w.Code, w.Body.String()
 }
 

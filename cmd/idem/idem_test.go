@@ -404,7 +404,7 @@ func TestAdmin(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(lat, idemprom.NewCollector(s, nil))
-	srv := httptest.NewServer(adminHandler(s, reg, false))
+	srv := httptest.NewServer(adminHandler(s, reg, nil))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
@@ -473,7 +473,7 @@ func TestAdminRepairs(t *testing.T) {
 	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
@@ -575,7 +575,7 @@ func TestAdminDeleteFencedOnState(t *testing.T) {
 	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	client := adminClient(strings.TrimPrefix(srv.URL, "http://"))
 	del := repairOp{name: "delete"}
@@ -639,7 +639,7 @@ func TestAdminListBrokenStream(t *testing.T) {
 	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	h := adminHandler(s, nil, false)
+	h := adminHandler(s, nil, nil)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(&cutAfter{ResponseWriter: w, n: 2}, r)
 	}))
@@ -815,7 +815,7 @@ func TestAdminDotKeys(t *testing.T) {
 	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	// "-" sorts first: a path cleaned to /admin/records lists it.
@@ -867,7 +867,7 @@ func TestImportUnknownFieldAndAdminFlags(t *testing.T) {
 	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, false))
+	srv := httptest.NewServer(adminHandler(s, nil, nil))
 	defer srv.Close()
 	r = idemCmd(t, "", "stats", "-json", "-admin", strings.TrimPrefix(srv.URL, "http://"), "-prefix", "t2/")
 	require.Equal(t, 0, r.code, r.stderr)
@@ -883,7 +883,7 @@ func TestRepairChangedWhileAsking(t *testing.T) {
 	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	l, _, err := s.Begin(ctx, "t1/pay", []byte("fp"))
 	require.NoError(t, err)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -248,4 +249,41 @@ func TestServeIdle(t *testing.T) {
 		elapsed := closedWithin(t, conn, 10*timeout)
 		assert.Less(t, elapsed, 5*timeout, c.path)
 	}
+}
+
+// The admin endpoint of idem serve answers its own address and loopback,
+// and the names -admin-hosts adds; a request for another host, such as a
+// name rebound to its address, gets 421 on /admin/ and on /metrics.
+func TestServeAdminHosts(t *testing.T) {
+	addr, admin := freeAddr(t), freeAddr(t)
+	startServe(t, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: admin, adminHosts: "ops.internal, admin.example"})
+	_, port, err := net.SplitHostPort(admin)
+	require.NoError(t, err)
+	for host, want := range map[string]int{
+		admin:                       http.StatusOK,
+		"localhost:" + port:         http.StatusOK,
+		"ops.internal:" + port:      http.StatusOK,
+		"admin.example":             http.StatusOK,
+		"evil.example:" + port:      http.StatusMisdirectedRequest,
+		"ops.internal.evil.example": http.StatusMisdirectedRequest,
+	} {
+		for _, path := range []string{"/admin/stats", "/metrics"} {
+			req, err := http.NewRequest(http.MethodGet, "http://"+admin+path, nil)
+			require.NoError(t, err)
+			req.Host = host
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, want, resp.StatusCode, "%s %s", host, path)
+		}
+	}
+	assert.ElementsMatch(t, []string{"0.0.0.0", mustHostname(t), "a"}, adminHosts(":9090", "a,"))
+	assert.ElementsMatch(t, []string{"0.0.0.0", mustHostname(t)}, adminHosts("[::]:9090", ""))
+	assert.Equal(t, []string{"10.0.0.5"}, adminHosts("10.0.0.5:9090", ""))
+}
+
+func mustHostname(t *testing.T) string {
+	name, err := os.Hostname()
+	require.NoError(t, err)
+	return name
 }
