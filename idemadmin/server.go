@@ -14,10 +14,13 @@
 // The endpoints, all answering JSON with snake_case keys:
 //
 //	GET  /admin/records/{key}  one record (Record), 404 when absent
-//	GET  /admin/records        records, one Record per line, filtered by the
-//	                           query (Filter.Encode): prefix, state,
-//	                           stale=true, older-than=10m, limit (default
-//	                           100, 0: all)
+//	GET  /admin/records        a page of records, one Record per line,
+//	                           filtered by the query (Filter.Encode):
+//	                           prefix, state, stale=true, older-than=10m,
+//	                           limit (default 100, at most MaxLimit) and
+//	                           after; a page that stops before the end of
+//	                           the list ends with a ListEnd line whose next
+//	                           is the after of the next page
 //	GET  /admin/stats          the census (Stats) with the store's counters
 //	POST /admin/release/{key}  repairs, with Options.Repairs only: the body is
 //	POST /admin/fail/{key}     a RepairRequest naming the token (and for
@@ -39,13 +42,18 @@
 // it refuses any request a browser marks as coming from another site
 // (Sec-Fetch-Site, or an Origin other than the Host: 403); and a repair's
 // body must be sent as application/json (415 otherwise), which a form on
-// another site cannot send.
+// another site cannot send. Each list page is bounded (MaxLimit, and
+// what one page reads and writes), and the pages run one at a time
+// (Options.Scans), so that operators' tools in a loop cannot stall the
+// service.
 package idemadmin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"mime"
 	"net/http"
@@ -75,7 +83,27 @@ type Options struct {
 	// attacker's DNS reaches nothing. "*" allows every host (behind a
 	// proxy that checks it). Nil means loopback only.
 	AllowedHosts []string
+	// Scans is how many list pages run at once; the others wait their
+	// turn. Zero means 1.
+	Scans int
 }
+
+// Bounds of the scans: a request waits turnTimeout at most for its turn
+// to scan (then 503); a list page stops writing to a client that stops
+// reading after pageTimeout.
+const (
+	turnTimeout = 30 * time.Second
+	pageTimeout = 30 * time.Second
+)
+
+// pageBytes is how much a list page writes before it ends with a
+// ListEnd: a page of MaxLimit records of large responses would be
+// gigabytes.
+var pageBytes = 32 << 20
+
+// errBusy is returned when a request's turn to scan did not come within
+// turnTimeout.
+var errBusy = errors.New("other list pages of the store are running: try again shortly (idemadmin.Options.Scans)")
 
 // RepairRequest is the body of a repair: what the operator was shown of
 // the record, for the store to fence the repair on (idem.Record.Same),
@@ -126,7 +154,11 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	if a.opts.Now == nil {
 		a.opts.Now = s.Options().Now
 	}
+	if a.opts.Scans <= 0 {
+		a.opts.Scans = 1
+	}
 	a.hosts = newHostCheck(a.opts.AllowedHosts)
+	a.scans = make(chan struct{}, a.opts.Scans)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/records/{key...}", a.get)
 	mux.HandleFunc("GET /admin/records", a.list)
@@ -141,7 +173,25 @@ type server struct {
 	s     *idem.Store
 	opts  Options
 	hosts hostCheck
+	scans chan struct{} // a token per list page running
 }
+
+// acquire waits for a turn to scan the store, until ctx ends or for
+// turnTimeout at most (errBusy).
+func (a *server) acquire(ctx context.Context) error {
+	t := time.NewTimer(turnTimeout)
+	defer t.Stop()
+	select {
+	case a.scans <- struct{}{}:
+		return nil
+	case <-t.C:
+		return errBusy
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *server) release() { <-a.scans }
 
 func (a *server) get(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
@@ -158,24 +208,51 @@ func (a *server) get(w http.ResponseWriter, r *http.Request) {
 
 func (a *server) list(w http.ResponseWriter, r *http.Request) {
 	f, err := ParseFilter(r.URL.Query())
+	if err == nil && (f.Limit < 1 || f.Limit > MaxLimit) {
+		err = fmt.Errorf("limit=%d: a page holds 1 to %d records; the last line of a page that stops early names the after= of the next", f.Limit, MaxLimit)
+	}
 	if err != nil {
 		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
 		return
 	}
+	ctx := r.Context()
+	if err := a.acquire(ctx); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	defer a.release()
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(pageTimeout))
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(w)
+	cw := &countingWriter{w: w}
+	enc := json.NewEncoder(cw)
 	n := 0
-	err = List(r.Context(), a.s, f, a.opts.Now(), func(_ *idem.Record, j Record) error {
+	end, err := list(ctx, a.s, f, a.opts.Now(), pageScan, func() bool { return cw.n >= pageBytes }, func(_ *idem.Record, j Record) error {
 		n++
 		return enc.Encode(j)
 	})
 	switch {
+	case errors.Is(err, ErrNoKeyOrder) && n == 0:
+		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
 	case err != nil && n == 0:
 		a.fail(w, r, err)
 	case err != nil:
 		// Lines were sent already: end the stream with the error.
 		_ = enc.Encode(Problem{Error: err.Error()})
+	case end != nil:
+		_ = enc.Encode(end)
 	}
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
 }
 
 func (a *server) stats(w http.ResponseWriter, r *http.Request) {
@@ -276,6 +353,9 @@ func (a *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		a.problem(w, r, http.StatusNotFound, Problem{Error: err.Error()})
 	case errors.Is(err, idem.ErrInvalidKey), errors.Is(err, idem.ErrTooLarge):
 		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
+	case errors.Is(err, errBusy):
+		w.Header().Set("Retry-After", "1")
+		a.problem(w, r, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 	case r.Context().Err() != nil:
 		// The client has gone.
 	default:

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -138,13 +139,7 @@ func TestList(t *testing.T) {
 	keys := func(target string) []string {
 		code, body := call(t, h, "GET", target, nil)
 		require.Equal(t, http.StatusOK, code, body)
-		var out []string
-		dec := json.NewDecoder(strings.NewReader(body))
-		for dec.More() {
-			var j idemadmin.Record
-			require.NoError(t, dec.Decode(&j))
-			out = append(out, j.Key)
-		}
+		out, _ := page(t, body)
 		return out
 	}
 	assert.ElementsMatch(t, []string{"a/1", "a/2", "b/1"}, keys("/admin/records"))
@@ -174,6 +169,87 @@ func TestRepairsOff(t *testing.T) {
 	rec, err := s.Get(ctx, "k")
 	require.NoError(t, err)
 	assert.Equal(t, idem.StateInProgress, rec.State)
+}
+
+// page returns the keys of a page of the list endpoint, and its last
+// line when it is a ListEnd.
+func page(t *testing.T, body string) ([]string, *idemadmin.ListEnd) {
+	t.Helper()
+	var keys []string
+	var end *idemadmin.ListEnd
+	dec := json.NewDecoder(strings.NewReader(body))
+	for dec.More() {
+		var line struct {
+			idemadmin.Record
+			idemadmin.ListEnd
+		}
+		require.NoError(t, dec.Decode(&line))
+		require.Nil(t, end, "a line after the ListEnd: %s", body)
+		if line.Truncated {
+			end = &line.ListEnd
+			continue
+		}
+		require.NotEmpty(t, line.Key, body)
+		keys = append(keys, line.Key)
+	}
+	return keys, end
+}
+
+// A page holds 1 to MaxLimit records: limit=0, which streamed the whole
+// store, and larger limits are refused. A page that stops before the end
+// ends with the after= of the next page, and following them lists every
+// record once, in key order.
+func TestListPages(t *testing.T) {
+	clock := idemtest.NewClock()
+	s := open(t, clock)
+	ctx := context.Background()
+	var want []string
+	for i := range 25 {
+		key := fmt.Sprintf("k/%02d", i)
+		_, _, err := s.Begin(ctx, key, []byte("fp"))
+		require.NoError(t, err)
+		want = append(want, key)
+	}
+	h := idemadmin.Handler(s, &idemadmin.Options{Now: clock.Now})
+	for _, limit := range []string{"0", "10001", "100000000"} {
+		code, body := call(t, h, "GET", "/admin/records?limit="+limit, nil)
+		assert.Equal(t, http.StatusBadRequest, code, limit)
+		assert.Contains(t, body, "a page holds 1 to 10000 records", limit)
+	}
+	code, body := call(t, h, "GET", "/admin/records?limit=10000", nil)
+	require.Equal(t, http.StatusOK, code, body)
+	got, end := page(t, body)
+	assert.Equal(t, want, got)
+	assert.Nil(t, end, "the whole list in one page")
+
+	var all []string
+	after := ""
+	for pages := 1; ; pages++ {
+		q := url.Values{"limit": {"10"}}
+		if after != "" {
+			q.Set("after", after)
+		}
+		code, body := call(t, h, "GET", "/admin/records?"+q.Encode(), nil)
+		require.Equal(t, http.StatusOK, code, body)
+		keys, end := page(t, body)
+		all = append(all, keys...)
+		if end == nil {
+			assert.Equal(t, 3, pages)
+			break
+		}
+		require.NotEmpty(t, end.Next, body)
+		assert.Equal(t, keys[len(keys)-1], end.Next)
+		after = end.Next
+	}
+	assert.Equal(t, want, all)
+
+	// The last page is exactly full: the handler reads on to know that
+	// nothing follows, rather than send a cursor to an empty page.
+	code, body = call(t, h, "GET", "/admin/records?limit=5&after=k/19", nil)
+	require.Equal(t, http.StatusOK, code, body)
+	got, end = page(t, body)
+	assert.Equal(t, want[20:], got)
+	assert.Nil(t, end)
 }
 
 // Every admin call that reaches the endpoint, answered or refused, logs a
