@@ -9,8 +9,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -172,6 +174,57 @@ func TestListNoKeyOrder(t *testing.T) {
 	n := 0
 	err := c.List(context.Background(), Filter{State: "failed"}, func(Record) error { n++; return nil })
 	assert.ErrorContains(t, err, "the list stopped after 0 records, and this store's scan is in no key order (Redis)")
+}
+
+// Stats callers in a loop share one census for StatsMaxAge, while the
+// counters stay current; a census stops at CensusLimit and says so.
+func TestStatsShared(t *testing.T) {
+	clock := idemtest.NewClock()
+	s, b := openTest(t, clock, false, 20)
+	ctx := context.Background()
+	srv := httptest.NewServer(Handler(s, &Options{Now: clock.Now, StatsMaxAge: time.Hour}))
+	defer srv.Close()
+	c := NewClient(srv.URL, srv.Client())
+	before := b.scans.Load()
+	var wg sync.WaitGroup
+	sts := make([]Stats, 16)
+	for i := range sts {
+		wg.Go(func() {
+			var err error
+			sts[i], err = c.Stats(ctx, "")
+			assert.NoError(t, err)
+		})
+	}
+	wg.Wait()
+	assert.Equal(t, int64(1), b.scans.Load()-before, "16 callers, one census")
+	for _, st := range sts {
+		assert.Equal(t, 20, st.Records.InProgress)
+		assert.Equal(t, 20, st.Scanned)
+		assert.False(t, st.Truncated)
+		require.NotNil(t, st.TakenAt)
+		assert.True(t, st.TakenAt.Equal(*sts[0].TakenAt))
+	}
+	_, err := s.Get(ctx, "k/00")
+	require.NoError(t, err)
+	st, err := c.Stats(ctx, "")
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), b.scans.Load()-before, "still that census")
+	assert.Equal(t, uint64(1), st.Counters.Hits, "the counters are current")
+	_, err = c.Stats(ctx, "k/1")
+	require.NoError(t, err)
+	assert.Equal(t, int64(2), b.scans.Load()-before, "a census per prefix")
+
+	srv2 := httptest.NewServer(Handler(s, &Options{Now: clock.Now, StatsMaxAge: -1, CensusLimit: 5}))
+	defer srv2.Close()
+	c = NewClient(srv2.URL, srv2.Client())
+	for range 3 {
+		st, err = c.Stats(ctx, "")
+		require.NoError(t, err)
+	}
+	assert.Equal(t, int64(5), b.scans.Load()-before, "StatsMaxAge < 0: a census per call")
+	assert.True(t, st.Truncated)
+	assert.Equal(t, 5, st.Scanned)
+	assert.Equal(t, 5, st.Records.InProgress, "a lower bound")
 }
 
 func mustGet(t *testing.T, s *idem.Store, key string) *idem.Record {

@@ -42,8 +42,9 @@
 // it refuses any request a browser marks as coming from another site
 // (Sec-Fetch-Site, or an Origin other than the Host: 403); and a repair's
 // body must be sent as application/json (415 otherwise), which a form on
-// another site cannot send. Each list page is bounded (MaxLimit, and
-// what one page reads and writes), and the pages run one at a time
+// another site cannot send. Each list page and stats census is bounded
+// (MaxLimit, Options.CensusLimit), a census is shared by the stats calls
+// of a few seconds (Options.StatsMaxAge), and the scans run one at a time
 // (Options.Scans), so that operators' tools in a loop cannot stall the
 // service.
 package idemadmin
@@ -83,17 +84,33 @@ type Options struct {
 	// attacker's DNS reaches nothing. "*" allows every host (behind a
 	// proxy that checks it). Nil means loopback only.
 	AllowedHosts []string
-	// Scans is how many list pages run at once; the others wait their
-	// turn. Zero means 1.
+	// CensusLimit caps the records one stats census reads; a store with
+	// more gets counts marked truncated (lower bounds). Zero means
+	// DefaultCensusLimit; negative means no limit.
+	CensusLimit int
+	// StatsMaxAge is how long a stats census is served again before a
+	// new one is taken; the counters are always current. Zero means 5
+	// seconds; negative means a census for every call (calls at the same
+	// time still share one).
+	StatsMaxAge time.Duration
+	// Scans is how many list pages and stats censuses run at once; the
+	// others wait their turn. Zero means 1.
 	Scans int
 }
 
+// DefaultCensusLimit is the default of Options.CensusLimit: the same as
+// idemprom's census.
+const DefaultCensusLimit = 100_000
+
 // Bounds of the scans: a request waits turnTimeout at most for its turn
-// to scan (then 503); a list page stops writing to a client that stops
+// to scan (then 503); a census is taken for every stats caller waiting
+// for it, so it is not tied to the first caller's request, and gets
+// censusTimeout; a list page stops writing to a client that stops
 // reading after pageTimeout.
 const (
-	turnTimeout = 30 * time.Second
-	pageTimeout = 30 * time.Second
+	turnTimeout   = 30 * time.Second
+	censusTimeout = 30 * time.Second
+	pageTimeout   = 30 * time.Second
 )
 
 // pageBytes is how much a list page writes before it ends with a
@@ -103,7 +120,7 @@ var pageBytes = 32 << 20
 
 // errBusy is returned when a request's turn to scan did not come within
 // turnTimeout.
-var errBusy = errors.New("other list pages of the store are running: try again shortly (idemadmin.Options.Scans)")
+var errBusy = errors.New("other list pages or censuses of the store are running: try again shortly (idemadmin.Options.Scans)")
 
 // RepairRequest is the body of a repair: what the operator was shown of
 // the record, for the store to fence the repair on (idem.Record.Same),
@@ -154,11 +171,29 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	if a.opts.Now == nil {
 		a.opts.Now = s.Options().Now
 	}
+	switch {
+	case a.opts.CensusLimit == 0:
+		a.opts.CensusLimit = DefaultCensusLimit
+	case a.opts.CensusLimit < 0:
+		a.opts.CensusLimit = 0
+	}
+	if a.opts.StatsMaxAge == 0 {
+		a.opts.StatsMaxAge = 5 * time.Second
+	}
 	if a.opts.Scans <= 0 {
 		a.opts.Scans = 1
 	}
 	a.hosts = newHostCheck(a.opts.AllowedHosts)
 	a.scans = make(chan struct{}, a.opts.Scans)
+	a.census = &statsCache{maxAge: a.opts.StatsMaxAge, now: time.Now, take: func(ctx context.Context, prefix string) (Stats, error) {
+		if err := a.acquire(context.WithoutCancel(ctx)); err != nil {
+			return Stats{}, err
+		}
+		defer a.release()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), censusTimeout)
+		defer cancel()
+		return takeStats(ctx, s, prefix, a.opts.CensusLimit)
+	}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/records/{key...}", a.get)
 	mux.HandleFunc("GET /admin/records", a.list)
@@ -170,10 +205,11 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 }
 
 type server struct {
-	s     *idem.Store
-	opts  Options
-	hosts hostCheck
-	scans chan struct{} // a token per list page running
+	s      *idem.Store
+	opts   Options
+	hosts  hostCheck
+	scans  chan struct{} // a token per list page or census running
+	census *statsCache
 }
 
 // acquire waits for a turn to scan the store, until ctx ends or for
@@ -256,7 +292,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 }
 
 func (a *server) stats(w http.ResponseWriter, r *http.Request) {
-	st, err := TakeStats(r.Context(), a.s, r.URL.Query().Get("prefix"))
+	st, err := a.census.get(r.Context(), r.URL.Query().Get("prefix"))
 	if err != nil {
 		a.fail(w, r, err)
 		return

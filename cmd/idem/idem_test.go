@@ -219,6 +219,25 @@ func TestStats(t *testing.T) {
 	assert.Regexp(t, `in-progress:\s+2\s+\(1 stale`, r.stdout)
 	assert.Regexp(t, `corrupt:\s+1`, r.stdout)
 	assert.Regexp(t, `oldest in-progress:\s+1h0m\s+\(key t1/stuck\)`, r.stdout)
+	assert.NotContains(t, r.stdout, "lower bounds")
+}
+
+// A running server's census stops at its limit (idemadmin.Options.CensusLimit):
+// stats says that its counts are lower bounds.
+func TestStatsTruncated(t *testing.T) {
+	dir, _ := prepare(t)
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{CensusLimit: 2}))
+	defer srv.Close()
+	r := idemCmd(t, "", "stats", "-admin", strings.TrimPrefix(srv.URL, "http://"))
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `records:\s+2\n`, r.stdout)
+	assert.Regexp(t, `census:\s+2 records read\s+\(it stopped at its limit: the counts above are lower bounds\)`, r.stdout)
+	r = idemCmd(t, "", "stats", "-json", "-admin", strings.TrimPrefix(srv.URL, "http://"))
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, `"scanned":2,"truncated":true`)
 }
 
 func TestRelease(t *testing.T) {
