@@ -59,26 +59,72 @@ func (c *Client) Get(ctx context.Context, key string) (*idem.Record, error) {
 
 // List calls fn with every record that passes f, in the store's order,
 // corrupt ones as CorruptRecord, until the list ends or fn returns an
-// error, which List returns as it is. The server stops after f.Limit
-// records (0: all of them). A list that breaks off is an error.
+// error, which List returns as it is. It asks for pages of at most
+// MaxLimit records, each after the last key of the page before, until
+// f.Limit records have passed (0: all of them). A list that breaks off is
+// an error, and so is one longer than a page on a store whose scan is in
+// no key order (Redis), which cannot go on after a key: narrow f instead.
 func (c *Client) List(ctx context.Context, f Filter, fn func(Record) error) error {
 	if err := f.Check(); err != nil {
 		return err
 	}
+	left := f.Limit // records still wanted; 0: all
+	for passed := 0; ; {
+		page := f
+		page.Limit = MaxLimit
+		if left > 0 {
+			page.Limit = min(left, MaxLimit)
+		}
+		n, end, err := c.listPage(ctx, page, fn)
+		passed += n
+		if err != nil {
+			return err
+		}
+		if left > 0 {
+			if left -= n; left == 0 {
+				return nil
+			}
+		}
+		switch {
+		case end == nil:
+			return nil
+		case end.Next == "":
+			return fmt.Errorf("admin endpoint %s: the list stopped after %d records, and this store's scan is in no key order (Redis), "+
+				"so it cannot go on after a key: narrow it (a prefix, a state, stale or older-than), or list the store itself", c.addr, passed)
+		}
+		f.After = end.Next
+	}
+}
+
+// listPage calls fn with the records of one page of the list f selects,
+// and returns how many there were and the page's ListEnd, nil at the end
+// of the list.
+func (c *Client) listPage(ctx context.Context, f Filter, fn func(Record) error) (int, *ListEnd, error) {
 	var fnErr error
+	var end *ListEnd
+	n := 0
 	err := c.call(ctx, http.MethodGet, "/admin/records?"+f.Encode().Encode(), nil, func(r io.Reader) error {
 		dec := json.NewDecoder(r)
 		for dec.More() {
 			var line struct {
 				Record
-				Error string `json:"error"`
+				Error     string `json:"error"`
+				Truncated bool   `json:"truncated"`
+				Next      string `json:"next"`
 			}
 			if err := dec.Decode(&line); err != nil {
 				return err
 			}
-			if line.Error != "" {
+			switch {
+			case line.Error != "":
 				return fmt.Errorf("the list broke off: %s", line.Error)
+			case end != nil:
+				return errors.New("a record after the end of the page")
+			case line.Truncated:
+				end = &ListEnd{Truncated: true, Next: line.Next}
+				continue
 			}
+			n++
 			if fnErr = fn(line.Record); fnErr != nil {
 				return fnErr
 			}
@@ -94,9 +140,12 @@ func (c *Client) List(ctx context.Context, f Filter, fn func(Record) error) erro
 		return nil
 	})
 	if fnErr != nil {
-		return fnErr
+		return n, nil, fnErr
 	}
-	return err
+	if err == nil && end != nil && end.Next != "" && end.Next <= f.After {
+		err = fmt.Errorf("admin endpoint %s: the page after %q ends at %q, which does not go on", c.addr, f.After, end.Next)
+	}
+	return n, end, err
 }
 
 // Stats returns the census of the records whose keys begin with prefix,

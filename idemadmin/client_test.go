@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"regexp"
@@ -257,4 +258,35 @@ func mustGet(t *testing.T, s *idem.Store, key string) *idem.Record {
 func itoa(n uint64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// The client follows the pages of a list longer than MaxLimit: every
+// record once, in key order, and no more than the filter's limit.
+func TestClientListPages(t *testing.T) {
+	clock := idemtest.NewClock()
+	s, err := idem.Open("", &idem.Options{InMemory: true, Now: clock.Now, GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	ctx := context.Background()
+	const n = idemadmin.MaxLimit + 50
+	for i := range n {
+		_, _, err := s.Begin(ctx, fmt.Sprintf("k/%05d", i), []byte("fp"))
+		require.NoError(t, err)
+	}
+	c := serve(t, s, &idemadmin.Options{Now: clock.Now})
+	for _, limit := range []int{0, idemadmin.MaxLimit + 20, idemadmin.MaxLimit} {
+		var keys []string
+		require.NoError(t, c.List(ctx, idemadmin.Filter{Limit: limit}, func(j idemadmin.Record) error {
+			keys = append(keys, j.Key)
+			return nil
+		}))
+		want := n
+		if limit > 0 {
+			want = limit
+		}
+		require.Len(t, keys, want, "limit %d", limit)
+		for i, k := range keys {
+			require.Equal(t, fmt.Sprintf("k/%05d", i), k)
+		}
+	}
 }

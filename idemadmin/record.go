@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/idemdb/idem"
@@ -80,6 +81,12 @@ func (j *Record) ToRecord() (*idem.Record, error) {
 	fp, err := hex.DecodeString(j.Fingerprint)
 	if err != nil {
 		return nil, fmt.Errorf("key %q: fingerprint is not hex: %w", j.Key, err)
+	}
+	switch {
+	case j.Attempts < 0 || j.Attempts > math.MaxInt32:
+		return nil, fmt.Errorf("key %q: attempts %d is out of range (0 to %d)", j.Key, j.Attempts, math.MaxInt32)
+	case j.Token > idem.MaxToken:
+		return nil, fmt.Errorf("key %q: token %d is larger than the largest fencing token, %d (idem.MaxToken)", j.Key, j.Token, uint64(idem.MaxToken))
 	}
 	return &idem.Record{
 		Key: j.Key, State: st, Fingerprint: fp, Response: j.Response, Retryable: j.Retryable,

@@ -14,10 +14,13 @@
 // The endpoints, all answering JSON with snake_case keys:
 //
 //	GET  /admin/records/{key}  one record (Record), 404 when absent
-//	GET  /admin/records        records, one Record per line, filtered by the
-//	                           query (Filter.Encode): prefix, state,
-//	                           stale=true, older-than=10m, limit (default
-//	                           100, 0: all)
+//	GET  /admin/records        a page of records, one Record per line,
+//	                           filtered by the query (Filter.Encode):
+//	                           prefix, state, stale=true, older-than=10m,
+//	                           limit (default 100, at most MaxLimit) and
+//	                           after; a page that stops before the end of
+//	                           the list ends with a ListEnd line whose next
+//	                           is the after of the next page
 //	GET  /admin/stats          the census (Stats) with the store's counters
 //	POST /admin/release/{key}  repairs, with Options.Repairs only: the body is
 //	POST /admin/fail/{key}     a RepairRequest naming the token (and for
@@ -31,15 +34,33 @@
 // response). The record and list endpoints show responses, which may hold
 // personal data: the handler has no authentication of its own, so keep its
 // address private or wrap it in the service's own.
+//
+// What the handler does itself against a web page in an operator's
+// browser: it answers only requests whose Host names a loopback address
+// or one of Options.AllowedHosts (421 otherwise), so that a name an
+// attacker rebinds to the admin address (DNS rebinding) reaches nothing;
+// it refuses any request a browser marks as coming from another site
+// (Sec-Fetch-Site, or an Origin other than the Host: 403); and a repair's
+// body must be sent as application/json (415 otherwise), which a form on
+// another site cannot send. Each list page and stats census is bounded
+// (MaxLimit, Options.CensusLimit), a census is shared by the stats calls
+// of a few seconds (Options.StatsMaxAge), and the scans run one at a time
+// (Options.Scans), so that operators' tools in a loop cannot stall the
+// service.
 package idemadmin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"mime"
 	"net/http"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/idemdb/idem"
 )
@@ -55,7 +76,51 @@ type Options struct {
 	// Now is the clock that decides which leases are stale and how old a
 	// record is. Nil means the store's clock (idem.Options.Now).
 	Now func() time.Time
+	// AllowedHosts are the host names and addresses, besides loopback
+	// ones (localhost, 127.0.0.1, ::1), that a request's Host may name,
+	// with or without a port: the names operators reach the handler by,
+	// such as the address it listens on. A request for any other host is
+	// refused with 421, so that a name rebound to this address by an
+	// attacker's DNS reaches nothing. "*" allows every host (behind a
+	// proxy that checks it). Nil means loopback only.
+	AllowedHosts []string
+	// CensusLimit caps the records one stats census reads; a store with
+	// more gets counts marked truncated (lower bounds). Zero means
+	// DefaultCensusLimit; negative means no limit.
+	CensusLimit int
+	// StatsMaxAge is how long a stats census is served again before a
+	// new one is taken; the counters are always current. Zero means 5
+	// seconds; negative means a census for every call (calls at the same
+	// time still share one).
+	StatsMaxAge time.Duration
+	// Scans is how many list pages and stats censuses run at once; the
+	// others wait their turn. Zero means 1.
+	Scans int
 }
+
+// DefaultCensusLimit is the default of Options.CensusLimit: the same as
+// idemprom's census.
+const DefaultCensusLimit = 100_000
+
+// Bounds of the scans: a request waits turnTimeout at most for its turn
+// to scan (then 503); a census is taken for every stats caller waiting
+// for it, so it is not tied to the first caller's request, and gets
+// censusTimeout; a list page stops writing to a client that stops
+// reading after pageTimeout.
+const (
+	turnTimeout   = 30 * time.Second
+	censusTimeout = 30 * time.Second
+	pageTimeout   = 30 * time.Second
+)
+
+// pageBytes is how much a list page writes before it ends with a
+// ListEnd: a page of MaxLimit records of large responses would be
+// gigabytes.
+var pageBytes = 32 << 20
+
+// errBusy is returned when a request's turn to scan did not come within
+// turnTimeout.
+var errBusy = errors.New("other list pages or censuses of the store are running: try again shortly (idemadmin.Options.Scans)")
 
 // RepairRequest is the body of a repair: what the operator was shown of
 // the record, for the store to fence the repair on (idem.Record.Same),
@@ -98,6 +163,7 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	a := &server{s: s}
 	if opts != nil {
 		a.opts = *opts
+		a.opts.AllowedHosts = append([]string(nil), opts.AllowedHosts...)
 	}
 	if a.opts.Logger == nil {
 		a.opts.Logger = slog.New(slog.DiscardHandler)
@@ -105,6 +171,29 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	if a.opts.Now == nil {
 		a.opts.Now = s.Options().Now
 	}
+	switch {
+	case a.opts.CensusLimit == 0:
+		a.opts.CensusLimit = DefaultCensusLimit
+	case a.opts.CensusLimit < 0:
+		a.opts.CensusLimit = 0
+	}
+	if a.opts.StatsMaxAge == 0 {
+		a.opts.StatsMaxAge = 5 * time.Second
+	}
+	if a.opts.Scans <= 0 {
+		a.opts.Scans = 1
+	}
+	a.hosts = newHostCheck(a.opts.AllowedHosts)
+	a.scans = make(chan struct{}, a.opts.Scans)
+	a.census = &statsCache{maxAge: a.opts.StatsMaxAge, now: time.Now, take: func(ctx context.Context, prefix string) (Stats, error) {
+		if err := a.acquire(context.WithoutCancel(ctx)); err != nil {
+			return Stats{}, err
+		}
+		defer a.release()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), censusTimeout)
+		defer cancel()
+		return takeStats(ctx, s, prefix, a.opts.CensusLimit)
+	}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /admin/records/{key...}", a.get)
 	mux.HandleFunc("GET /admin/records", a.list)
@@ -112,13 +201,33 @@ func Handler(s *idem.Store, opts *Options) http.Handler {
 	mux.HandleFunc("POST /admin/release/{key...}", a.repair("release"))
 	mux.HandleFunc("POST /admin/fail/{key...}", a.repair("fail"))
 	mux.HandleFunc("POST /admin/delete/{key...}", a.repair("delete"))
-	return mux
+	return a.guard(mux)
 }
 
 type server struct {
-	s    *idem.Store
-	opts Options
+	s      *idem.Store
+	opts   Options
+	hosts  hostCheck
+	scans  chan struct{} // a token per list page or census running
+	census *statsCache
 }
+
+// acquire waits for a turn to scan the store, until ctx ends or for
+// turnTimeout at most (errBusy).
+func (a *server) acquire(ctx context.Context) error {
+	t := time.NewTimer(turnTimeout)
+	defer t.Stop()
+	select {
+	case a.scans <- struct{}{}:
+		return nil
+	case <-t.C:
+		return errBusy
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (a *server) release() { <-a.scans }
 
 func (a *server) get(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
@@ -135,28 +244,55 @@ func (a *server) get(w http.ResponseWriter, r *http.Request) {
 
 func (a *server) list(w http.ResponseWriter, r *http.Request) {
 	f, err := ParseFilter(r.URL.Query())
+	if err == nil && (f.Limit < 1 || f.Limit > MaxLimit) {
+		err = fmt.Errorf("limit=%d: a page holds 1 to %d records; the last line of a page that stops early names the after= of the next", f.Limit, MaxLimit)
+	}
 	if err != nil {
 		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
 		return
 	}
+	ctx := r.Context()
+	if err := a.acquire(ctx); err != nil {
+		a.fail(w, r, err)
+		return
+	}
+	defer a.release()
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(pageTimeout))
 	w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(w)
+	cw := &countingWriter{w: w}
+	enc := json.NewEncoder(cw)
 	n := 0
-	err = List(r.Context(), a.s, f, a.opts.Now(), func(_ *idem.Record, j Record) error {
+	end, err := list(ctx, a.s, f, a.opts.Now(), pageScan, func() bool { return cw.n >= pageBytes }, func(_ *idem.Record, j Record) error {
 		n++
 		return enc.Encode(j)
 	})
 	switch {
+	case errors.Is(err, ErrNoKeyOrder) && n == 0:
+		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
 	case err != nil && n == 0:
 		a.fail(w, r, err)
 	case err != nil:
 		// Lines were sent already: end the stream with the error.
 		_ = enc.Encode(Problem{Error: err.Error()})
+	case end != nil:
+		_ = enc.Encode(end)
 	}
 }
 
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
+}
+
 func (a *server) stats(w http.ResponseWriter, r *http.Request) {
-	st, err := TakeStats(r.Context(), a.s, r.URL.Query().Get("prefix"))
+	st, err := a.census.get(r.Context(), r.URL.Query().Get("prefix"))
 	if err != nil {
 		a.fail(w, r, err)
 		return
@@ -170,6 +306,10 @@ func (a *server) repair(op string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !a.opts.Repairs {
 			a.problem(w, r, http.StatusForbidden, Problem{Error: "repairs are off on this endpoint (idemadmin.Options.Repairs; idem serve -admin-repairs)"})
+			return
+		}
+		if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt != "application/json" {
+			a.problem(w, r, http.StatusUnsupportedMediaType, Problem{Error: fmt.Sprintf("a repair's body is a RepairRequest sent as Content-Type: application/json, not %q", r.Header.Get("Content-Type"))})
 			return
 		}
 		key := r.PathValue("key")
@@ -249,19 +389,51 @@ func (a *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		a.problem(w, r, http.StatusNotFound, Problem{Error: err.Error()})
 	case errors.Is(err, idem.ErrInvalidKey), errors.Is(err, idem.ErrTooLarge):
 		a.problem(w, r, http.StatusBadRequest, Problem{Error: err.Error()})
+	case errors.Is(err, errBusy):
+		w.Header().Set("Retry-After", "1")
+		a.problem(w, r, http.StatusServiceUnavailable, Problem{Error: err.Error()})
 	case r.Context().Err() != nil:
 		// The client has gone.
 	default:
-		a.opts.Logger.Error("idemadmin: store error", "path", r.URL.Path, "err", err)
+		a.opts.Logger.Error("idemadmin: store error", "method", r.Method, "path", clip(r.URL.Path, maxLoggedKey), "err", clipIn(err.Error(), r.PathValue("key")))
 		a.problem(w, r, http.StatusInternalServerError, Problem{Error: err.Error()})
 	}
 }
 
 func (a *server) problem(w http.ResponseWriter, r *http.Request, code int, p Problem) {
-	if code >= 400 && code != http.StatusNotFound {
-		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", r.URL.Path, "status", code, "reason", p.Error)
+	if code >= 400 && code != http.StatusNotFound && code != http.StatusInternalServerError {
+		a.opts.Logger.Warn("idemadmin: refused", "method", r.Method, "path", clip(r.URL.Path, maxLoggedKey), "status", code, "reason", clipIn(p.Error, r.PathValue("key")))
 	}
 	writeJSON(w, code, p)
+}
+
+// Bounds of what the handler logs: a key may be tens of kilobytes long
+// (idem.Options.MaxKeySize), and a path or a message holds it.
+const (
+	maxLoggedKey     = 200
+	maxLoggedMessage = 1000
+)
+
+// clip returns s, or when it is longer than n bytes its first bytes
+// with a marker saying how long it was.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s...(%d bytes)", s[:cut], len(s))
+}
+
+// clipIn returns msg, a message that may quote key, with key clipped, and
+// the message clipped too should it still be long.
+func clipIn(msg, key string) string {
+	if len(key) > maxLoggedKey {
+		msg = strings.ReplaceAll(msg, key, clip(key, maxLoggedKey))
+	}
+	return clip(msg, maxLoggedMessage)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

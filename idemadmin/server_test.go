@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -28,6 +30,8 @@ func open(t *testing.T, clock *idemtest.Clock) *idem.Store {
 	return s
 }
 
+// call sends a request to h as a tool on the same machine does: to a
+// loopback address, with a JSON body.
 func call(t *testing.T, h http.Handler, method, target string, body any) (int, string) {
 	t.Helper()
 	var rd io.Reader
@@ -36,8 +40,13 @@ func call(t *testing.T, h http.Handler, method, target string, body any) (int, s
 		require.NoError(t, err)
 		rd = bytes.NewReader(b)
 	}
+	r := httptest.NewRequest(method, target, rd)
+	r.Host = "127.0.0.1:9090"
+	if body != nil {
+		r.Header.Set("Content-Type", "application/json")
+	}
 	w := httptest.NewRecorder()
-	h.ServeHTTP(w, httptest.NewRequest(method, target, rd))
+	h.ServeHTTP(w, r)
 	return w.Code, w.Body.String()
 }
 
@@ -130,13 +139,7 @@ func TestList(t *testing.T) {
 	keys := func(target string) []string {
 		code, body := call(t, h, "GET", target, nil)
 		require.Equal(t, http.StatusOK, code, body)
-		var out []string
-		dec := json.NewDecoder(strings.NewReader(body))
-		for dec.More() {
-			var j idemadmin.Record
-			require.NoError(t, dec.Decode(&j))
-			out = append(out, j.Key)
-		}
+		out, _ := page(t, body)
 		return out
 	}
 	assert.ElementsMatch(t, []string{"a/1", "a/2", "b/1"}, keys("/admin/records"))
@@ -166,4 +169,107 @@ func TestRepairsOff(t *testing.T) {
 	rec, err := s.Get(ctx, "k")
 	require.NoError(t, err)
 	assert.Equal(t, idem.StateInProgress, rec.State)
+}
+
+// page returns the keys of a page of the list endpoint, and its last
+// line when it is a ListEnd.
+func page(t *testing.T, body string) ([]string, *idemadmin.ListEnd) {
+	t.Helper()
+	var keys []string
+	var end *idemadmin.ListEnd
+	dec := json.NewDecoder(strings.NewReader(body))
+	for dec.More() {
+		var line struct {
+			idemadmin.Record
+			idemadmin.ListEnd
+		}
+		require.NoError(t, dec.Decode(&line))
+		require.Nil(t, end, "a line after the ListEnd: %s", body)
+		if line.Truncated {
+			end = &line.ListEnd
+			continue
+		}
+		require.NotEmpty(t, line.Key, body)
+		keys = append(keys, line.Key)
+	}
+	return keys, end
+}
+
+// A page holds 1 to MaxLimit records: limit=0, which streamed the whole
+// store, and larger limits are refused. A page that stops before the end
+// ends with the after= of the next page, and following them lists every
+// record once, in key order.
+func TestListPages(t *testing.T) {
+	clock := idemtest.NewClock()
+	s := open(t, clock)
+	ctx := context.Background()
+	var want []string
+	for i := range 25 {
+		key := fmt.Sprintf("k/%02d", i)
+		_, _, err := s.Begin(ctx, key, []byte("fp"))
+		require.NoError(t, err)
+		want = append(want, key)
+	}
+	h := idemadmin.Handler(s, &idemadmin.Options{Now: clock.Now})
+	for _, limit := range []string{"0", "10001", "100000000"} {
+		code, body := call(t, h, "GET", "/admin/records?limit="+limit, nil)
+		assert.Equal(t, http.StatusBadRequest, code, limit)
+		assert.Contains(t, body, "a page holds 1 to 10000 records", limit)
+	}
+	code, body := call(t, h, "GET", "/admin/records?limit=10000", nil)
+	require.Equal(t, http.StatusOK, code, body)
+	got, end := page(t, body)
+	assert.Equal(t, want, got)
+	assert.Nil(t, end, "the whole list in one page")
+
+	var all []string
+	after := ""
+	for pages := 1; ; pages++ {
+		q := url.Values{"limit": {"10"}}
+		if after != "" {
+			q.Set("after", after)
+		}
+		code, body := call(t, h, "GET", "/admin/records?"+q.Encode(), nil)
+		require.Equal(t, http.StatusOK, code, body)
+		keys, end := page(t, body)
+		all = append(all, keys...)
+		if end == nil {
+			assert.Equal(t, 3, pages)
+			break
+		}
+		require.NotEmpty(t, end.Next, body)
+		assert.Equal(t, keys[len(keys)-1], end.Next)
+		after = end.Next
+	}
+	assert.Equal(t, want, all)
+
+	// The last page is exactly full: the handler reads on to know that
+	// nothing follows, rather than send a cursor to an empty page.
+	code, body = call(t, h, "GET", "/admin/records?limit=5&after=k/19", nil)
+	require.Equal(t, http.StatusOK, code, body)
+	got, end = page(t, body)
+	assert.Equal(t, want[20:], got)
+	assert.Nil(t, end)
+}
+
+// Every admin call that reaches the endpoint, answered or refused, logs a
+// key of 60 KB in a line of a few hundred bytes that says how long it was.
+func TestLogClipsKeys(t *testing.T) {
+	var logs bytes.Buffer
+	clock := idemtest.NewClock()
+	s := open(t, clock)
+	h := idemadmin.Handler(s, &idemadmin.Options{Now: clock.Now, Repairs: true,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	key := strings.Repeat("k", idem.MaxKeySizeLimit)
+	code, _ := call(t, h, "GET", "/admin/records/"+key, nil)
+	require.Equal(t, http.StatusBadRequest, code, "longer than the store's keys")
+	code, _ = call(t, h, "POST", "/admin/release/"+key, map[string]any{"token": 0})
+	require.Equal(t, http.StatusBadRequest, code)
+	lines := strings.Split(strings.TrimSpace(logs.String()), "\n")
+	require.Len(t, lines, 2, logs.String())
+	for _, line := range lines {
+		assert.Less(t, len(line), 1500, line)
+		assert.Regexp(t, `path="/admin/(records|release)/k{185}\.\.\.\(600\d\d bytes\)"`, line)
+		assert.NotContains(t, line, strings.Repeat("k", 201))
+	}
 }

@@ -23,11 +23,13 @@ import (
 func init() {
 	register(&command{
 		name:    "demo",
-		summary: "pay 5000 USD three times over HTTP with one key and a flaky network: one charge",
+		summary: "pay 5000 USD three times over HTTP with one key and a flaky network: one charge (-postgres: and a charge committed with its record)",
 		setup: func(fs *flag.FlagSet) func([]string, io.Writer, io.Writer) error {
 			sf := addStoreFlags(fs)
 			fs.Lookup("data").Usage = "data directory `DIR` (default: a fresh temporary one, removed afterwards)"
 			fs.Lookup("redis-prefix").Usage = "Redis key `PREFIX`, with -redis (default: a fresh one under \"" + redisstore.DefaultPrefix + "demo-\", its records deleted afterwards)"
+			fs.Lookup("postgres").Usage = "run on the Postgres database at `URL`, in a fresh schema dropped afterwards, and show a charge row and its record " +
+				"committed in one transaction (pgstore.DoTx), also across a crash"
 			return func(args []string, stdout, _ io.Writer) error {
 				if len(args) > 0 {
 					return usageErr("unexpected arguments %q", args)
@@ -109,14 +111,25 @@ func pay(ctx context.Context, c *http.Client, url, key string, amount int) (repl
 	return reply{resp.StatusCode, resp.Header.Get("Idempotent-Replayed") == "true", b, resp.Header}, err
 }
 
-// demo runs the demo on the store sf names. Without -data or -redis it
-// uses a temporary directory; with -redis but no -redis-prefix, a fresh
-// prefix. Either is removed afterwards, so that the demo can run again:
-// on a store it ran on before, the first attempt would be a replay.
+// demo runs the demo on the store sf names. Without -data, -redis or
+// -postgres it uses a temporary directory; with -redis but no
+// -redis-prefix, a fresh prefix; with -postgres, a fresh schema, where it
+// also shows pgstore.DoTx (demoTx). Each is removed afterwards, so that
+// the demo can run again: on a store it ran on before, the first attempt
+// would be a replay.
 func demo(sf *storeFlags, w io.Writer) (err error) {
 	f := *sf
 	fresh := false
+	var pg *demoPostgres
 	switch {
+	case f.postgres != "":
+		if err := f.check(); err != nil {
+			return err
+		}
+		if pg, err = openDemoPostgres(&f); err != nil {
+			return err
+		}
+		defer func() { err = errors.Join(err, pg.close()) }()
 	case f.data == "" && f.redis == "":
 		tmp, err := os.MkdirTemp("", "idem-demo-")
 		if err != nil {
@@ -128,11 +141,13 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 		f.redisPrefix = fmt.Sprintf("%sdemo-%s:", redisstore.DefaultPrefix, rand.Text()[:10])
 		fresh = true
 	}
-	s, err := f.open(nil)
-	if err != nil {
-		return err
+	s := pgStore(pg)
+	if s == nil {
+		if s, err = f.open(nil); err != nil {
+			return err
+		}
+		defer s.Close()
 	}
-	defer s.Close()
 	if fresh {
 		defer func() {
 			if _, perr := purge(context.Background(), s, ""); perr != nil {
@@ -159,7 +174,11 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 	client := &http.Client{Transport: base}
 
 	const key = "order-7f3a-payment"
-	fmt.Fprintf(w, "Paying 5000 USD with idempotency key %q to %s (%s)\n", key, url, &f)
+	where := f.String()
+	if pg != nil {
+		where += ", schema " + pg.schema + ", dropped afterwards"
+	}
+	fmt.Fprintf(w, "Paying 5000 USD with idempotency key %q to %s (%s)\n", key, url, where)
 	for attempt := 1; attempt <= 3; attempt++ {
 		r, err := pay(ctx, flaky, url, key, 5000)
 		if errors.Is(err, errDropped) {
@@ -224,6 +243,9 @@ func demo(sf *storeFlags, w io.Writer) (err error) {
 	fmt.Fprintf(w, "Charges made for %q: %d\n", key2, charges2)
 	if charges2 != 1 {
 		return fmt.Errorf("%d charges made for key %q, want 1", charges2, key2)
+	}
+	if pg != nil {
+		return demoTx(ctx, pg, w)
 	}
 	return nil
 }

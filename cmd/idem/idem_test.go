@@ -219,6 +219,25 @@ func TestStats(t *testing.T) {
 	assert.Regexp(t, `in-progress:\s+2\s+\(1 stale`, r.stdout)
 	assert.Regexp(t, `corrupt:\s+1`, r.stdout)
 	assert.Regexp(t, `oldest in-progress:\s+1h0m\s+\(key t1/stuck\)`, r.stdout)
+	assert.NotContains(t, r.stdout, "lower bounds")
+}
+
+// A running server's census stops at its limit (idemadmin.Options.CensusLimit):
+// stats says that its counts are lower bounds.
+func TestStatsTruncated(t *testing.T) {
+	dir, _ := prepare(t)
+	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{CensusLimit: 2}))
+	defer srv.Close()
+	r := idemCmd(t, "", "stats", "-admin", strings.TrimPrefix(srv.URL, "http://"))
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `records:\s+2\n`, r.stdout)
+	assert.Regexp(t, `census:\s+2 records read\s+\(it stopped at its limit: the counts above are lower bounds\)`, r.stdout)
+	r = idemCmd(t, "", "stats", "-json", "-admin", strings.TrimPrefix(srv.URL, "http://"))
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Contains(t, r.stdout, `"scanned":2,"truncated":true`)
 }
 
 func TestRelease(t *testing.T) {
@@ -404,7 +423,7 @@ func TestAdmin(t *testing.T) {
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(lat, idemprom.NewCollector(s, nil))
-	srv := httptest.NewServer(adminHandler(s, reg, false))
+	srv := httptest.NewServer(adminHandler(s, reg, nil))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
@@ -473,7 +492,7 @@ func TestAdminRepairs(t *testing.T) {
 	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 
@@ -575,7 +594,7 @@ func TestAdminDeleteFencedOnState(t *testing.T) {
 	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	client := adminClient(strings.TrimPrefix(srv.URL, "http://"))
 	del := repairOp{name: "delete"}
@@ -639,7 +658,7 @@ func TestAdminListBrokenStream(t *testing.T) {
 	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	h := adminHandler(s, nil, false)
+	h := adminHandler(s, nil, nil)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h.ServeHTTP(&cutAfter{ResponseWriter: w, n: 2}, r)
 	}))
@@ -815,7 +834,7 @@ func TestAdminDotKeys(t *testing.T) {
 	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	addr := strings.TrimPrefix(srv.URL, "http://")
 	// "-" sorts first: a path cleaned to /admin/records lists it.
@@ -867,7 +886,7 @@ func TestImportUnknownFieldAndAdminFlags(t *testing.T) {
 	s, err := idem.Open(dir, &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, false))
+	srv := httptest.NewServer(adminHandler(s, nil, nil))
 	defer srv.Close()
 	r = idemCmd(t, "", "stats", "-json", "-admin", strings.TrimPrefix(srv.URL, "http://"), "-prefix", "t2/")
 	require.Equal(t, 0, r.code, r.stderr)
@@ -883,7 +902,7 @@ func TestRepairChangedWhileAsking(t *testing.T) {
 	s, err := idem.Open(t.TempDir(), &idem.Options{GCInterval: -1})
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, s.Close()) })
-	srv := httptest.NewServer(adminHandler(s, nil, true))
+	srv := httptest.NewServer(adminHandler(s, nil, &idemadmin.Options{Repairs: true}))
 	defer srv.Close()
 	l, _, err := s.Begin(ctx, "t1/pay", []byte("fp"))
 	require.NoError(t, err)
@@ -921,4 +940,64 @@ func TestRepairChangedWhileAsking(t *testing.T) {
 	rec := mustGet(t, s, "t1/pay")
 	assert.Equal(t, idem.StateCompleted, rec.State, "nothing changed")
 	assert.Equal(t, "charged", string(rec.Response))
+}
+
+// TestImportStrict: a line that encoding/json would read but lose part of
+// is a bad line, named by its number, that changes nothing stored: text
+// after the record, a second record on the line, a field named twice or
+// in another case (json keeps the last, or the one it matches), and
+// attempts or a token no record can hold.
+func TestImportStrict(t *testing.T) {
+	now := time.Now().UTC()
+	later := now.Add(time.Hour)
+	rec := func(key, response string) string {
+		b, err := json.Marshal(idemadmin.Record{Key: key, State: "completed", Fingerprint: "00", Response: []byte(response),
+			Token: 5, Attempts: 1, CreatedAt: &now, ExpiresAt: &later})
+		require.NoError(t, err)
+		return string(b)
+	}
+	a := rec("a", "ok")
+	respA := `"response":"b2s="`
+	lines := []string{
+		a,
+		rec("b", "ok") + ` xyz`,
+		rec("b", "ok") + rec("c", "ok"),
+		strings.Replace(a, respA, respA+`,"response":"ZXZpbA=="`, 1),
+		strings.Replace(a, respA, respA+`,"Response":"ZXZpbA=="`, 1),
+		strings.Replace(a, respA, `"RESPONSE":"ZXZpbA=="`, 1),
+		strings.Replace(a, `"key":"a"`, `"key":"d","key":"a"`, 1),
+		strings.Replace(a, `"attempts":1`, `"attempts":3000000000`, 1),
+		strings.Replace(a, `"attempts":1`, `"attempts":-1`, 1),
+		strings.Replace(a, `"token":5`, `"token":9007199254740992`, 1),
+		rec("z", "ok"),
+	}
+	file := filepath.Join(t.TempDir(), "backup.jsonl")
+	require.NoError(t, os.WriteFile(file, []byte(strings.Join(lines, "\n")+"\n"), 0o600))
+	dst := filepath.Join(t.TempDir(), "dst")
+	r := idemCmd(t, "", "import", "-overwrite", "-data", dst, file)
+	assert.Equal(t, 1, r.code)
+	assert.Contains(t, r.stdout, "imported 2 records; kept 0 existing; skipped 0 expired; 9 bad lines")
+	for _, want := range []string{
+		`line 2: after the record: invalid character 'x' looking for beginning of value (one record a line)`,
+		`line 3: after the record: another value, beginning { (one record a line)`,
+		`line 4: field "response" twice`,
+		`line 5: field "Response": its name is "response"`,
+		`line 6: field "RESPONSE": its name is "response"`,
+		`line 7: field "key" twice`,
+		`line 8: key "a": attempts 3000000000 is out of range (0 to 2147483647)`,
+		`line 9: key "a": attempts -1 is out of range (0 to 2147483647)`,
+		`line 10: key "a": token 9007199254740992 is larger than the largest fencing token, 9007199254740991 (idem.MaxToken)`,
+	} {
+		assert.Contains(t, r.stderr, want+"\n")
+	}
+	s := open(t, dst)
+	got := mustGet(t, s, "a")
+	assert.Equal(t, "ok", string(got.Response), "no bad line changed it")
+	assert.Equal(t, uint64(5), got.Token)
+	assert.Equal(t, 1, got.Attempts)
+	for _, key := range []string{"b", "c", "d"} {
+		_, err := s.Get(ctx, key)
+		assert.ErrorIs(t, err, idem.ErrNotFound, key)
+	}
+	assert.Equal(t, "ok", string(mustGet(t, s, "z").Response))
 }

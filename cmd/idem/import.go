@@ -11,6 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"reflect"
+	"strings"
 
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemadmin"
@@ -69,9 +71,7 @@ func importRecords(ctx context.Context, s *idem.Store, in io.Reader, overwrite b
 			continue
 		}
 		var j idemadmin.Record
-		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
-		dec.DisallowUnknownFields() // a misspelled field would lose what it holds
-		err := dec.Decode(&j)
+		err := decodeLine(sc.Bytes(), &j)
 		var rec *idem.Record
 		if err == nil {
 			rec, err = j.ToRecord()
@@ -100,6 +100,76 @@ func importRecords(ctx context.Context, s *idem.Store, in io.Reader, overwrite b
 	}
 	if bad > 0 {
 		return fmt.Errorf("%d lines could not be imported (listed above)", bad)
+	}
+	return nil
+}
+
+// recordFields are the names of the fields of idemadmin.Record in JSON.
+var recordFields = func() map[string]bool {
+	names := map[string]bool{}
+	t := reflect.TypeFor[idemadmin.Record]()
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			names[name] = true
+		}
+	}
+	return names
+}()
+
+// decodeLine decodes line, one record as export writes it, into j. It
+// refuses what encoding/json would let through and lose: an unknown
+// field (a misspelling would lose what it holds), a field named twice or
+// named in another case (json keeps one of them), and anything after the
+// object, such as a second record.
+func decodeLine(line []byte, j *idemadmin.Record) error {
+	if err := checkFields(line); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(line))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(j); err != nil {
+		return err
+	}
+	switch tok, err := dec.Token(); {
+	case err == io.EOF:
+		return nil
+	case err != nil:
+		return fmt.Errorf("after the record: %w (one record a line)", err)
+	default:
+		return fmt.Errorf("after the record: another value, beginning %v (one record a line)", tok)
+	}
+}
+
+// checkFields returns an error naming a field of the JSON object in line
+// that is there twice, or whose name is one of Record's in another case;
+// what is not an object at all is left to the decoder.
+func checkFields(line []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(line))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil
+	}
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		name, _ := tok.(string)
+		if seen[name] {
+			return fmt.Errorf("field %q twice", name)
+		}
+		seen[name] = true
+		if !recordFields[name] {
+			for f := range recordFields {
+				if strings.EqualFold(name, f) {
+					return fmt.Errorf("field %q: its name is %q", name, f)
+				}
+			}
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil
+		}
 	}
 	return nil
 }

@@ -40,23 +40,13 @@ func (f *storeFlags) checkPostgres() error {
 // read-only open refuses a database without the table rather than create
 // it.
 func (f *storeFlags) openPostgres(opts *idem.Options) (*idem.Store, error) {
-	cfg, err := pgxpool.ParseConfig(f.postgres)
-	if err != nil {
-		// pgx's message quotes the connection string, password and all
-		// where it cannot tell where the password is.
-		return nil, usageErr("-postgres %s: not a postgres:// URL or a key=value connection string", redactPostgres(f.postgres))
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), postgresTimeout)
 	defer cancel()
-	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	pool, err := f.connectPostgres(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("no answer from %s: %w", f, err)
+		return nil, err
 	}
-	if err := pool.Ping(ctx); err != nil {
-		pool.Close()
-		return nil, fmt.Errorf("no answer from %s: %w", f, err)
-	}
-	if opts.ReadOnly {
+	if opts != nil && opts.ReadOnly {
 		var exists bool
 		if err := pool.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", pgstore.DefaultTable).Scan(&exists); err != nil {
 			pool.Close()
@@ -78,6 +68,26 @@ func (f *storeFlags) openPostgres(opts *idem.Options) (*idem.Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// connectPostgres returns a pool of connections to the Postgres database f
+// names, once it answers.
+func (f *storeFlags) connectPostgres(ctx context.Context) (*pgxpool.Pool, error) {
+	cfg, err := pgxpool.ParseConfig(f.postgres)
+	if err != nil {
+		// pgx's message quotes the connection string, password and all
+		// where it cannot tell where the password is.
+		return nil, usageErr("-postgres %s: not a postgres:// URL or a key=value connection string", redactPostgres(f.postgres))
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("no answer from %s: %w", f, err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("no answer from %s: %w", f, err)
+	}
+	return pool, nil
 }
 
 // ownedPool is the Postgres backend of a store the command opened:

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/idemdb/idem"
+	"github.com/idemdb/idem/idemadmin"
 	"github.com/idemdb/idem/idemprom"
 	"github.com/idemdb/idem/internal/payments"
 )
@@ -33,6 +34,8 @@ func init() {
 			fs.StringVar(&cfg.admin, "admin", "", "serve /metrics (Prometheus) and the admin endpoints (/admin/records, /admin/stats) on `ADDR`, "+
 				"a private address of its own (default: off)")
 			fs.StringVar(&cfg.grpc, "grpc", "", "also serve the payments API over gRPC on `ADDR` (default: off)")
+			fs.StringVar(&cfg.adminHosts, "admin-hosts", "", "also answer admin requests addressed to `NAMES` (comma-separated host names, \"*\" for any): "+
+				"the names operators reach -admin by, besides loopback and its own address; others are refused, so that no web page can reach it through a rebound DNS name")
 			fs.BoolVar(&cfg.repairs, "admin-repairs", false, "also serve the repairs (idem release, fail and delete with -admin) on the admin address: "+
 				"whoever reaches them can make a request run twice")
 			return func(args []string, _, stderr io.Writer) error {
@@ -42,8 +45,8 @@ func init() {
 				if err := cfg.store.check(); err != nil {
 					return err
 				}
-				if cfg.repairs && cfg.admin == "" {
-					return usageErr("-admin-repairs needs -admin ADDR")
+				if (cfg.repairs || cfg.adminHosts != "") && cfg.admin == "" {
+					return usageErr("-admin-repairs and -admin-hosts need -admin ADDR")
 				}
 				ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 				defer stop()
@@ -61,7 +64,21 @@ type serveConfig struct {
 	grpc  string      // the gRPC payments API's listen address; "" means none
 	// repairs enables the admin endpoint's repairs.
 	repairs bool
+	// adminHosts are more names the admin endpoint answers, comma-separated.
+	adminHosts string
 }
+
+// Timeouts of every HTTP server idem serve runs (the payments API and
+// the admin endpoint): a client has serveHeaderTimeout to send a
+// request's headers and serveReadTimeout to send all of it, body
+// included, so that a stalled client cannot hold a connection and a
+// handler; a connection between requests is closed after
+// serveIdleTimeout. Variables, so that tests can shorten them.
+var (
+	serveHeaderTimeout = 10 * time.Second
+	serveReadTimeout   = 15 * time.Second
+	serveIdleTimeout   = time.Minute
+)
 
 // serve runs the payments API, and the admin endpoint when cfg.admin is
 // set, until ctx ends or one of them fails; then it shuts both down and
@@ -97,7 +114,9 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 		}
 		return server{name, ln, &http.Server{
 			Handler:           h,
-			ReadHeaderTimeout: 10 * time.Second,
+			ReadHeaderTimeout: serveHeaderTimeout,
+			ReadTimeout:       serveReadTimeout,
+			IdleTimeout:       serveIdleTimeout,
 			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelError),
 		}}, nil
 	}
@@ -109,7 +128,11 @@ func serve(ctx context.Context, cfg serveConfig, stderr io.Writer) error {
 	servers := []server{api}
 	if cfg.admin != "" {
 		reg.MustRegister(idemprom.NewCollector(s, nil))
-		admin, err := newServer("admin", cfg.admin, adminHandler(s, reg, cfg.repairs))
+		admin, err := newServer("admin", cfg.admin, adminHandler(s, reg, &idemadmin.Options{
+			Repairs:      cfg.repairs,
+			Logger:       log,
+			AllowedHosts: adminHosts(cfg.admin, cfg.adminHosts),
+		}))
 		if err != nil {
 			api.ln.Close()
 			return err

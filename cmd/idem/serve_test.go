@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -179,4 +183,107 @@ func postPayment(t *testing.T, addr, key string) (*http.Response, []byte) {
 	b, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return resp, b
+}
+
+// setTimeouts sets idem serve's HTTP timeouts for the test.
+func setTimeouts(t *testing.T, header, read, idle time.Duration) {
+	h, r, i := serveHeaderTimeout, serveReadTimeout, serveIdleTimeout
+	serveHeaderTimeout, serveReadTimeout, serveIdleTimeout = header, read, idle
+	t.Cleanup(func() { serveHeaderTimeout, serveReadTimeout, serveIdleTimeout = h, r, i })
+}
+
+// closedWithin reports how long the server took to close conn, reading
+// and discarding what it sends, or fails the test after limit.
+func closedWithin(t *testing.T, conn net.Conn, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	require.NoError(t, conn.SetReadDeadline(start.Add(limit)))
+	_, err := io.Copy(io.Discard, conn)
+	elapsed := time.Since(start)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the server held the connection for %v", elapsed)
+	}
+	return elapsed
+}
+
+// A client that sends a request's headers and part of its body, then
+// stalls, has its connection closed after the read timeout, on the API
+// and on the admin endpoint alike.
+func TestServeStalledBody(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	setTimeouts(t, time.Minute, timeout, time.Minute)
+	addr, admin := freeAddr(t), freeAddr(t)
+	startServe(t, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: admin, repairs: true})
+	for _, c := range []struct{ addr, path string }{{addr, "/payments"}, {admin, "/admin/release/k"}} {
+		conn, err := net.Dial("tcp", c.addr)
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"+
+			"Idempotency-Key: stalled\r\nAuthorization: Bearer t\r\n\r\n{\"amount\": 50", c.path, c.addr)
+		require.NoError(t, err)
+		elapsed := closedWithin(t, conn, 10*timeout)
+		assert.Less(t, elapsed, 5*timeout, c.path)
+	}
+}
+
+// A connection left idle after a request is closed after the idle
+// timeout, on the API and on the admin endpoint alike.
+func TestServeIdle(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	setTimeouts(t, time.Minute, time.Minute, timeout)
+	addr, admin := freeAddr(t), freeAddr(t)
+	startServe(t, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: admin})
+	for _, c := range []struct{ addr, path string }{{addr, "/payments/none"}, {admin, "/admin/stats"}} {
+		conn, err := net.Dial("tcp", c.addr)
+		require.NoError(t, err)
+		defer conn.Close()
+		_, err = fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", c.path, c.addr)
+		require.NoError(t, err)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		require.NoError(t, err)
+		_, err = io.Copy(io.Discard, resp.Body)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.False(t, resp.Close, "a keep-alive connection")
+		elapsed := closedWithin(t, conn, 10*timeout)
+		assert.Less(t, elapsed, 5*timeout, c.path)
+	}
+}
+
+// The admin endpoint of idem serve answers its own address and loopback,
+// and the names -admin-hosts adds; a request for another host, such as a
+// name rebound to its address, gets 421 on /admin/ and on /metrics.
+func TestServeAdminHosts(t *testing.T) {
+	addr, admin := freeAddr(t), freeAddr(t)
+	startServe(t, serveConfig{store: &storeFlags{data: t.TempDir()}, addr: addr, admin: admin, adminHosts: "ops.internal, admin.example"})
+	_, port, err := net.SplitHostPort(admin)
+	require.NoError(t, err)
+	for host, want := range map[string]int{
+		admin:                       http.StatusOK,
+		"localhost:" + port:         http.StatusOK,
+		"ops.internal:" + port:      http.StatusOK,
+		"admin.example":             http.StatusOK,
+		"evil.example:" + port:      http.StatusMisdirectedRequest,
+		"ops.internal.evil.example": http.StatusMisdirectedRequest,
+	} {
+		for _, path := range []string{"/admin/stats", "/metrics"} {
+			req, err := http.NewRequest(http.MethodGet, "http://"+admin+path, nil)
+			require.NoError(t, err)
+			req.Host = host
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			assert.Equal(t, want, resp.StatusCode, "%s %s", host, path)
+		}
+	}
+	assert.ElementsMatch(t, []string{"0.0.0.0", mustHostname(t), "a"}, adminHosts(":9090", "a,"))
+	assert.ElementsMatch(t, []string{"0.0.0.0", mustHostname(t)}, adminHosts("[::]:9090", ""))
+	assert.Equal(t, []string{"10.0.0.5"}, adminHosts("10.0.0.5:9090", ""))
+}
+
+func mustHostname(t *testing.T) string {
+	name, err := os.Hostname()
+	require.NoError(t, err)
+	return name
 }

@@ -65,6 +65,9 @@ func printStats(w io.Writer, st *idemadmin.Stats) error {
 	} else {
 		fmt.Fprintf(tw, "oldest in-progress:\t-\n")
 	}
+	if st.Truncated {
+		fmt.Fprintf(tw, "census:\t%d records read\t(it stopped at its limit: the counts above are lower bounds)\n", st.Scanned)
+	}
 	if st.DiskBytes > 0 {
 		fmt.Fprintf(tw, "disk:\t%s\n", bytesize(st.DiskBytes))
 	} else {
