@@ -20,6 +20,10 @@ type Stats struct {
 	OldestInProgressSeconds float64      `json:"oldest_in_progress_seconds"`
 	OldestInProgressKey     string       `json:"oldest_in_progress_key,omitempty"`
 	DiskBytes               int64        `json:"disk_bytes"`
+	// DiskFreeBytes is the space free on the data directory's file system
+	// (embedded store only; 0 when not reported): writes are refused with
+	// idem.ErrNoSpace while it is below idem.Options.DiskReserve.
+	DiskFreeBytes int64 `json:"disk_free_bytes,omitempty"`
 	// Scanned is how many records the census read, expired ones
 	// included. Truncated says it stopped at its limit before the end:
 	// the counts are then lower bounds. TakenAt is when it was taken;
@@ -74,6 +78,9 @@ func takeStats(ctx context.Context, s *idem.Store, prefix string, limit int) (St
 	}
 	if du := s.DiskUsage(); du >= 0 {
 		st.DiskBytes = du
+	}
+	if free := s.DiskFree(); free >= 0 {
+		st.DiskFreeBytes = free
 	}
 	return st, nil
 }

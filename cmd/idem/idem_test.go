@@ -212,6 +212,7 @@ func TestStats(t *testing.T) {
 	assert.Equal(t, 1, st.StaleLeases)
 	assert.InDelta(t, 3600, st.OldestInProgressSeconds, 60)
 	assert.Positive(t, st.DiskBytes)
+	assert.Positive(t, st.DiskFreeBytes)
 
 	r = idemCmd(t, "", "stats", "-data", dir)
 	require.Equal(t, 0, r.code, r.stderr)
@@ -219,6 +220,7 @@ func TestStats(t *testing.T) {
 	assert.Regexp(t, `in-progress:\s+2\s+\(1 stale`, r.stdout)
 	assert.Regexp(t, `corrupt:\s+1`, r.stdout)
 	assert.Regexp(t, `oldest in-progress:\s+1h0m\s+\(key t1/stuck\)`, r.stdout)
+	assert.Regexp(t, `disk free:\s+\d`, r.stdout)
 	assert.NotContains(t, r.stdout, "lower bounds")
 }
 

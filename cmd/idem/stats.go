@@ -70,6 +70,9 @@ func printStats(w io.Writer, st *idemadmin.Stats) error {
 	}
 	if st.DiskBytes > 0 {
 		fmt.Fprintf(tw, "disk:\t%s\n", bytesize(st.DiskBytes))
+		if st.DiskFreeBytes > 0 {
+			fmt.Fprintf(tw, "disk free:\t%s\t(writes are refused below the reserve, idem.Options.DiskReserve)\n", bytesize(st.DiskFreeBytes))
+		}
 	} else {
 		fmt.Fprintf(tw, "disk:\t-\t(not reported by this backend)\n") // Redis
 	}
