@@ -39,12 +39,6 @@ const (
 	roleUpstream = "upstream"
 )
 
-// restartLease is the lease of the services that get killed. The embedded
-// store does not free a dead process's keys when the next one opens the
-// directory, so a retry waits for the lease to lapse; a short one keeps
-// the clients moving. The downstream, never killed, keeps the default.
-const restartLease = time.Second
-
 // cardNetwork is how long a charge takes before it happens.
 const cardNetwork = time.Millisecond
 
@@ -88,10 +82,9 @@ func runChild(role, dir, downstream string) error {
 		os.Exit(0)
 	}()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	// The default lease (30 s): the next process to open the directory
+	// frees the keys whose holder was killed at once.
 	opts := &idem.Options{GCInterval: -1, Logger: log}
-	if role != roleDownstream {
-		opts.LeaseTTL = restartLease
-	}
 	s, err := idem.Open(filepath.Join(dir, "store"), opts)
 	if err != nil {
 		return err
