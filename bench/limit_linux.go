@@ -108,7 +108,7 @@ func runLimited(cmd *exec.Cmd, limit int64) (out []byte, cg cgroupStats, err err
 		}
 	}
 	if waitErr != nil {
-		return nil, cg, fmt.Errorf("%w (memory cgroup: peak %d MB, limit hit %d times, %d OOM kills)", waitErr, cg.MaxUsage>>20, cg.Failcnt, cg.OOMKills)
+		return nil, cg, fmt.Errorf("%w (memory cgroup: peak %d MB, memory.failcnt %d, %d OOM kills)", waitErr, cg.MaxUsage>>20, cg.Failcnt, cg.OOMKills)
 	}
 	return stdout.Bytes(), cg, nil
 }

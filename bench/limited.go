@@ -42,7 +42,7 @@ type getStats struct {
 type cgroupStats struct {
 	Path       string
 	MaxUsage   int64 // memory.max_usage_in_bytes: anonymous + page cache charged to the cgroup
-	Failcnt    int64 // times the usage hit the limit (and the kernel reclaimed)
+	Failcnt    int64 // memory.failcnt: charges the limit refused
 	OOMKills   int64
 	LimitBytes int64
 }
@@ -68,7 +68,7 @@ func limitedRows(_ context.Context, e *env) ([]row, error) {
 	}
 	r := row{Workload: "scale-limited", Operation: op, Subject: &l.Result,
 		Figure: float64(l.Result.P50) / float64(b.Result.P50), Unit: "x", Goal: &goal{"<=", 2, "x"},
-		Note: fmt.Sprintf("p99 %s vs %s (%.2fx); cgroup v1 %s, limit %d MiB: peak usage %d MB (anonymous + page cache charged), limit hit %d times, %d OOM kills; "+
+		Note: fmt.Sprintf("p99 %s vs %s (%.2fx); cgroup v1 %s, limit %d MiB: peak usage %d MB (anonymous + page cache charged), memory.failcnt %d, %d OOM kills; "+
 			"in the process: peak anon %d MB, mapped tables at most %d MB; %.2f major faults per Get; %.1f%% read-cache hits; warm pass %.0fs",
 			dur(l.Result.P99), dur(b.Result.P99), float64(l.Result.P99)/float64(b.Result.P99), cg.Path, cg.LimitBytes>>20, cg.MaxUsage>>20,
 			cg.Failcnt, cg.OOMKills, l.Mem.PeakAnonKB/1024, l.Mem.PeakFileKB/1024, l.MajFaultsOp, l.CacheHitPct, l.WarmS)}
