@@ -194,7 +194,7 @@ func (f *fixtures) get(n int) (*fixture, error) {
 	for i := range fx.keys {
 		fx.keys[i] = keyOf("req-", uint64(i))
 	}
-	if err := load(fx.db, fx.keys, 24*time.Hour, newBar(f.progress, fmt.Sprintf("loading %s records", count(n)), n)); err != nil {
+	if err := load(fx.db, n, func(i int) string { return fx.keys[i] }, 24*time.Hour, newBar(f.progress, fmt.Sprintf("loading %s records", count(n)), n)); err != nil {
 		_ = s.Close()
 		return nil, err
 	}
@@ -241,15 +241,17 @@ func (f *fixtures) close() error {
 	return errors.Join(errs...)
 }
 
-// load writes a completed record for each key with a Badger WriteBatch,
-// which is several times faster than one transaction per record.
-func load(db *badger.DB, keys []string, ttl time.Duration, bar *bar) error {
+// load writes a completed record for key(0) .. key(n-1) with a Badger
+// WriteBatch, which is several times faster than one transaction per
+// record.
+func load(db *badger.DB, n int, key func(int) string, ttl time.Duration, bar *bar) error {
 	wb := db.NewWriteBatch()
 	defer wb.Cancel()
 	now := time.Now()
 	exp := uint64(now.Add(ttl).Unix()) + 2
 	var kb []byte
-	for i, k := range keys {
+	for i := range n {
+		k := key(i)
 		kb = dbKey(kb, k)
 		e := badger.NewEntry(append([]byte(nil), kb...), completedRecord(k, now, ttl))
 		e.ExpiresAt = exp

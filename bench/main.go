@@ -6,6 +6,8 @@
 //	go run ./bench -quick                  # small and short, for CI
 //	go run ./bench -only get,get-cache -duration 5s
 //	go run ./bench -records 10000000 -only scale
+//	go run ./bench -records 10000000 -only memory
+//	go run ./bench -records 10000000 -only scale-limited   # as root, cgroup v1
 //	go run ./bench -json results.json -svg ratios.svg
 //
 // The same workloads run as standard benchmarks with
@@ -28,7 +30,7 @@ import (
 
 func main() {
 	if os.Getenv(childEnv) != "" {
-		if err := runMemoryChild(os.Stdout); err != nil {
+		if err := runChild(os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench:", err)
 			os.Exit(1)
 		}
@@ -77,7 +79,7 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	e := &env{records: *records, duration: *duration, root: root, progress: stderr,
-		fx: newFixtures(root, stderr), child: childRunner(exe, nil)}
+		fx: newFixtures(root, stderr), child: childRunner(exe, nil), command: childCommand(exe, nil)}
 	defer e.fx.close()
 
 	fmt.Fprintf(stderr, "idem bench: %s, %d CPUs, %s, %s records, %v per side\n",
@@ -111,17 +113,29 @@ func names() string {
 	for _, w := range workloads() {
 		n = append(n, w.name)
 	}
+	for _, w := range optInWorkloads {
+		n = append(n, w.name+" (opt-in)")
+	}
 	return strings.Join(n, ",")
+}
+
+// childCommand returns a function that makes a command running exe (this
+// program, or the test binary) as a child process with extra environment.
+func childCommand(exe string, args []string) func(env ...string) *exec.Cmd {
+	return func(env ...string) *exec.Cmd {
+		cmd := exec.Command(exe, args...)
+		cmd.Env = append(os.Environ(), env...)
+		cmd.Stderr = os.Stderr
+		return cmd
+	}
 }
 
 // childRunner returns a function that runs exe (this program, or the test
 // binary) as the memory child.
 func childRunner(exe string, args []string) func(env ...string) ([]byte, error) {
+	command := childCommand(exe, args)
 	return func(env ...string) ([]byte, error) {
-		cmd := exec.Command(exe, args...)
-		cmd.Env = append(os.Environ(), env...)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
+		out, err := command(env...).Output()
 		if err != nil {
 			return nil, fmt.Errorf("memory child: %w", err)
 		}

@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
-	"runtime/pprof"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -32,6 +30,8 @@ type env struct {
 	// child runs this program again in a fresh process for the memory
 	// workload, with the given extra environment, and returns its stdout.
 	child func(env ...string) ([]byte, error)
+	// command makes the same child process without starting it.
+	command func(env ...string) *exec.Cmd
 }
 
 func (e *env) tempDir(name string) (string, error) {
@@ -103,6 +103,12 @@ var extraWorkloads []workload
 // register adds workloads to the report, after the embedded store's.
 func register(w ...workload) { extraWorkloads = append(extraWorkloads, w...) }
 
+// optInWorkloads run only when -only names them: they take minutes or
+// need privileges (scale-limited).
+var optInWorkloads []workload
+
+func registerOptIn(w ...workload) { optInWorkloads = append(optInWorkloads, w...) }
+
 // workloads returns every workload in report order.
 func workloads() []workload {
 	ws := []workload{
@@ -113,7 +119,7 @@ func workloads() []workload {
 		{"complete", "durable Complete (SyncAlways, group commit) vs Badger SyncWrites, one txn per completion", completeRows},
 		{"mixed", "90% Get of existing keys, 10% Begin+Complete, vs the same on raw Badger", mixedRows},
 		{"scale", "Get p50 at growing record counts", scaleRows},
-		{"memory", "peak RSS of a fresh process after loading the records with default options", memoryRows},
+		{"memory", "peak anonymous RSS of a fresh process loading the records with default options, mapped tables beside it", memoryRows},
 		{"reclaim", "disk use after records expire and CollectGarbage runs", reclaimRows},
 		// Redis-backed Get vs embedded Get (redis.go), and idemhttp replay
 		// vs a bare handler (replay.go), come from register.
@@ -128,6 +134,7 @@ func selected(only string) ([]workload, error) {
 	if only == "" {
 		return all, nil
 	}
+	all = append(all, optInWorkloads...)
 	var out []workload
 	for _, name := range strings.Split(only, ",") {
 		i := slices.IndexFunc(all, func(w workload) bool { return w.name == strings.TrimSpace(name) })
@@ -582,7 +589,7 @@ func reclaimRows(ctx context.Context, e *env) ([]row, error) {
 		keys[i] = keyOf("ttl-", uint64(i))
 	}
 	db := engineOf(s)
-	if err := load(db, keys, reclaimTTL, newBar(e.progress, fmt.Sprintf("loading %s records to expire", count(n)), n)); err != nil {
+	if err := load(db, n, func(i int) string { return keys[i] }, reclaimTTL, newBar(e.progress, fmt.Sprintf("loading %s records to expire", count(n)), n)); err != nil {
 		return nil, err
 	}
 	keys = nil
@@ -613,148 +620,3 @@ func reclaimRows(ctx context.Context, e *env) ([]row, error) {
 }
 
 func mb(b int64) float64 { return float64(b) / 1e6 }
-
-// memStats is what the memory child reports.
-type memStats struct {
-	Records int     `json:"records"`
-	HWMKB   int64   `json:"vm_hwm_kb"`
-	RSSKB   int64   `json:"vm_rss_kb"`
-	AnonKB  int64   `json:"rss_anon_kb"`
-	FileKB  int64   `json:"rss_file_kb"`
-	LoadS   float64 `json:"load_s"`
-	DiskKB  int64   `json:"disk_kb"` // the data directory's size at the end
-}
-
-func memoryRows(_ context.Context, e *env) ([]row, error) {
-	var rows []row
-	// The second run shows how much of the peak is garbage the Go runtime
-	// had not collected yet: a memory limit is the application's choice,
-	// not the library's, so only the first run is judged.
-	for _, limit := range []string{"", "128MiB"} {
-		dir, err := e.tempDir("memory")
-		if err != nil {
-			return rows, err
-		}
-		vars := []string{childEnv + "=memory", "IDEM_BENCH_DIR=" + filepath.Join(dir, "db"), fmt.Sprintf("IDEM_BENCH_RECORDS=%d", e.records)}
-		op := fmt.Sprintf("peak RSS, %s records, default options", count(e.records))
-		if limit != "" {
-			vars = append(vars, "GOMEMLIMIT="+limit)
-			op += ", GOMEMLIMIT=" + limit
-		}
-		out, err := e.child(vars...)
-		os.RemoveAll(dir)
-		if err != nil {
-			return rows, err
-		}
-		var m memStats
-		if err := json.Unmarshal(out, &m); err != nil {
-			return rows, fmt.Errorf("memory child: %w (output %q)", err, out)
-		}
-		r := row{Workload: "memory", Operation: op, Figure: float64(m.HWMKB) / 1024, Unit: "MB",
-			Note: fmt.Sprintf("VmHWM; at the end VmRSS %d MB = anon %d + file %d (mmapped tables); data on disk %d MB; load %.1fs",
-				m.RSSKB/1024, m.AnonKB/1024, m.FileKB/1024, m.DiskKB/1024, m.LoadS)}
-		if limit == "" {
-			r.Goal = &goal{"<=", 256, "MB"}
-		}
-		r.judge()
-		rows = append(rows, r)
-	}
-	return rows, nil
-}
-
-// childEnv names the environment variable that makes this program (or the
-// test binary) run as the memory child instead.
-const childEnv = "IDEM_BENCH_CHILD"
-
-// runMemoryChild is the memory workload's child: a fresh process that
-// opens a store with default options, loads the records through the
-// store's write path (a compare-and-swap transaction per record, 16 at a
-// time), reads a sample back, and prints its memory figures as JSON.
-func runMemoryChild(w io.Writer) error {
-	dir := os.Getenv("IDEM_BENCH_DIR")
-	var n int
-	if _, err := fmt.Sscan(os.Getenv("IDEM_BENCH_RECORDS"), &n); err != nil || n <= 0 || dir == "" {
-		return fmt.Errorf("memory child: need IDEM_BENCH_DIR and IDEM_BENCH_RECORDS > 0")
-	}
-	s, err := idem.Open(dir, nil)
-	if err != nil {
-		return err
-	}
-	defer s.Close()
-	ctx := context.Background()
-	start := time.Now()
-	b := storeinternal.Backend(s).(idem.Backend)
-	const g = 16
-	var next atomic.Int64
-	err = parallel(g, func(int) error {
-		for {
-			i := next.Add(1) - 1
-			if i >= int64(n) {
-				return nil
-			}
-			k := keyOf("req-", uint64(i))
-			now := time.Now()
-			if _, _, err := b.CompareAndSwap(ctx, k, nil, completedRecord(k, now, 24*time.Hour), now.Add(24*time.Hour), false); err != nil {
-				return err
-			}
-		}
-	})
-	if err != nil {
-		return err
-	}
-	load := time.Since(start)
-	rs := rand.New(rand.NewPCG(1, 2))
-	for range min(n, 100_000) {
-		k := keyOf("req-", uint64(rs.IntN(n)))
-		if _, err := s.Get(ctx, k); err != nil {
-			return err
-		}
-	}
-	st, err := readStatus()
-	if err != nil {
-		return err
-	}
-	if path := os.Getenv("IDEM_BENCH_MEMPROFILE"); path != "" {
-		f, err := os.Create(path)
-		if err != nil {
-			return err
-		}
-		if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
-		}
-	}
-	st.Records, st.LoadS, st.DiskKB = n, load.Seconds(), badgerkv.DirUsage(dir)/1024
-	return json.NewEncoder(w).Encode(st)
-}
-
-// readStatus reads the memory figures of this process from
-// /proc/self/status.
-func readStatus() (memStats, error) {
-	var m memStats
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return m, fmt.Errorf("memory: %w (the memory workload needs Linux)", err)
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		name, val, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		var kb int64
-		fmt.Sscan(strings.TrimSuffix(strings.TrimSpace(val), " kB"), &kb)
-		switch name {
-		case "VmHWM":
-			m.HWMKB = kb
-		case "VmRSS":
-			m.RSSKB = kb
-		case "RssAnon":
-			m.AnonKB = kb
-		case "RssFile":
-			m.FileKB = kb
-		}
-	}
-	return m, nil
-}
