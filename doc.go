@@ -42,12 +42,22 @@
 //
 // # Leases and fencing
 //
-// A lease lasts Options.LeaseTTL and is renewed by Do while its function
-// runs. If the holder crashes, its lease lapses and the next Begin takes the
-// key over with a larger fencing token. Complete, Fail, Release and Extend
-// apply only while the stored record still carries the lease's token: a
-// stale holder that wakes up late gets ErrLeaseLost and cannot overwrite
-// the newer outcome.
+// A lease lasts Options.LeaseTTL and is renewed by Lease.KeepAlive while
+// its request runs (Do, idemhttp and idemgrpc all use it), also after the
+// caller has gone. If the holder crashes, its lease lapses and the next
+// Begin takes the key over with a larger fencing token; on the embedded
+// store, the next process to open the directory takes over the keys of a
+// holder that died with the previous one at once. Complete, Fail, Release
+// and Extend apply only while the stored record still carries the lease's
+// token: a stale holder that wakes up late gets ErrLeaseLost and cannot
+// overwrite the newer outcome, and Do then returns the newer, stored
+// outcome, never its own.
+//
+// A duplicate that arrives while the first request runs may Wait for its
+// outcome instead of taking ErrInProgress. The request's context carries
+// its key (KeyFrom), and SubKey derives a stable key for each call it makes
+// to another idempotent service, so a request run again after a crash
+// sends the same keys downstream.
 //
 // # Time
 //
@@ -70,6 +80,13 @@
 // memtable a durable write landed in was rotated out before the group's
 // sync, the store fsyncs that memtable's log too.)
 //
+// Every record carries a checksum: a record altered on disk is ErrCorrupt
+// for its key, never replayed. The embedded store refuses writes with
+// ErrNoSpace before the disk is too full for Badger's mapped writes, stops
+// with ErrStoreFailed after a write error Badger may not survive, and
+// refuses a damaged data directory at Open with ErrCorrupt naming the file,
+// changing nothing in it (README, "When the disk fails").
+//
 // # Operating
 //
 // Package idemprom exports a store's counters, census and latencies to
@@ -82,5 +99,7 @@
 // # Caveats
 //
 // One process may open a data directory read-write at a time; several
-// service instances share a store through Redis (package redisstore).
+// service instances share a store through Redis (package redisstore) or
+// Postgres (package pgstore, which also completes a record in the
+// caller's own transaction).
 package idem
