@@ -69,3 +69,18 @@ type Checker interface {
 type DiskUser interface {
 	DiskUsage() int64
 }
+
+// Watcher is implemented by backends that can tell a Store when a key is
+// written by any instance sharing the backend, so that Wait wakes at once
+// instead of at its next poll (Options.WaitPoll). Wait still polls, in
+// case a notification is lost.
+type Watcher interface {
+	// Watch returns a channel that receives, or is closed, once the value
+	// under key may have changed after Watch returned, and the function
+	// that stops watching (Wait calls it exactly once). ok is false when
+	// the backend cannot watch now; Wait then polls only. A change made
+	// after Watch returns must not be missed while the backend can
+	// deliver notifications at all, so Wait calls Watch before it reads the
+	// record.
+	Watch(ctx context.Context, key string) (changed <-chan struct{}, stop func(), ok bool)
+}

@@ -20,19 +20,37 @@ const DefaultMaxWaiters = 1024
 // A duplicate request that arrives while the first still runs can Wait
 // and answer with the outcome, instead of refusing with ErrInProgress:
 // many clients never retry a refusal. Holders in this process wake their
-// waiters the moment they end their lease; the store also reads the record
-// again every Options.WaitPoll, for holders in other processes sharing the
-// store. At most Options.MaxWaiters calls wait at once per store; one more
-// returns an error wrapping ErrInProgress at once.
+// waiters the moment they end their lease; so do holders in other
+// processes sharing the store when its backend is a Watcher (Redis with
+// keyspace notifications). The store also reads the record again every
+// Options.WaitPoll, for holders in other processes whose writes it is not
+// told of, and in case a notification is lost. At most Options.MaxWaiters
+// calls wait at once per store; one more returns an error wrapping
+// ErrInProgress at once.
 func (s *Store) Wait(ctx context.Context, key string) (*Record, error) {
 	if err := s.check(ctx, key); err != nil {
 		return nil, wrap("wait", key, err)
 	}
 	poll := s.opts.WaitPoll
+	watcher, _ := s.b.(Watcher)
+	unwatch := func() {}
+	defer func() { unwatch() }()
 	for {
 		ch, done, err := s.waiters.add(key, s.opts.MaxWaiters)
 		if err != nil {
 			return nil, wrap("wait", key, err)
+		}
+		// Watch before reading, so that a write made after the read
+		// wakes us. The new watch is taken before the last one is
+		// stopped, so that the backend keeps its subscription.
+		var changed <-chan struct{}
+		if watcher != nil {
+			c, stop, ok := watcher.Watch(ctx, key)
+			unwatch()
+			unwatch = func() {}
+			if ok {
+				changed, unwatch = c, stop
+			}
 		}
 		rec, err := s.Get(ctx, key)
 		if err != nil || rec.State != StateInProgress || rec.LeaseLapsed(s.now()) {
@@ -42,6 +60,7 @@ func (s *Store) Wait(ctx context.Context, key string) (*Record, error) {
 		t := time.NewTimer(poll)
 		select {
 		case <-ch:
+		case <-changed:
 		case <-t.C:
 		case <-ctx.Done():
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/idemdb/idem"
 	"github.com/idemdb/idem/idemtest"
+	"github.com/idemdb/idem/internal/storeinternal"
 )
 
 // Duplicates that wait for the first request get its outcome the moment
@@ -111,4 +112,103 @@ func TestWaitEnds(t *testing.T) {
 	}, 5*time.Second, time.Millisecond)
 	cancelLong()
 	wg.Wait()
+}
+
+// notifying is a Backend shared by two stores, as two instances share
+// Redis, that tells the watchers of a key when it is written: a Watcher.
+type notifying struct {
+	idem.Backend
+	hub *hub
+}
+
+type hub struct {
+	mu      sync.Mutex
+	ch      map[string]chan struct{}
+	watches int // not stopped yet
+}
+
+func (n notifying) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
+	cur, swapped, err := n.Backend.CompareAndSwap(ctx, key, old, new, expireAt, durable)
+	if swapped {
+		n.hub.notify(key)
+	}
+	return cur, swapped, err
+}
+
+func (n notifying) Close() error { return nil } // the Badger store closes it
+
+func (n notifying) Watch(_ context.Context, key string) (<-chan struct{}, func(), bool) {
+	h := n.hub
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.ch == nil {
+		h.ch = map[string]chan struct{}{}
+	}
+	c, ok := h.ch[key]
+	if !ok {
+		c = make(chan struct{})
+		h.ch[key] = c
+	}
+	h.watches++
+	var once sync.Once
+	return c, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			h.watches--
+		})
+	}, true
+}
+
+func (h *hub) notify(key string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if c, ok := h.ch[key]; ok {
+		close(c)
+		delete(h.ch, key)
+	}
+}
+
+// A Wait on one store wakes, with no polling, when another store sharing
+// its backend completes the key, if the backend is a Watcher; every watch
+// it took is stopped when it returns.
+func TestWaitWatcher(t *testing.T) {
+	kv := openBadger(t, &idem.Options{GCInterval: -1})
+	h := &hub{}
+	open := func() *idem.Store {
+		s, err := idem.New(notifying{storeinternal.Backend(kv).(idem.Backend), h}, &idem.Options{GCInterval: -1, WaitPoll: time.Hour})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, s.Close()) })
+		return s
+	}
+	a, b := open(), open()
+	ctx := context.Background()
+	l, _, err := a.Begin(ctx, "k", nil)
+	require.NoError(t, err)
+	// An Extend writes the key too: the waiter wakes, reads it still in
+	// progress, and waits again.
+	done := make(chan *idem.Record, 1)
+	go func() {
+		rec, err := b.Wait(ctx, "k")
+		assert.NoError(t, err)
+		done <- rec
+	}()
+	time.Sleep(20 * time.Millisecond)
+	require.NoError(t, l.Extend(ctx, time.Minute))
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case rec := <-done:
+		t.Fatalf("Wait returned while the lease is held: %v", rec)
+	default:
+	}
+	require.NoError(t, l.Complete(ctx, []byte("charged")))
+	select {
+	case rec := <-done:
+		assert.Equal(t, idem.StateCompleted, rec.State)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Wait did not wake on the other store's Complete")
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	assert.Zero(t, h.watches, "watches not stopped")
 }

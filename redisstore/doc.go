@@ -38,6 +38,20 @@
 // every write (SET ... PX) to the record's remaining life, rounded up to
 // whole seconds plus a margin. Released records are deleted at once.
 //
+// # Waiting for another instance
+//
+// Store.Wait (and idemhttp's Options.WaitFor) on one instance wakes as
+// soon as another instance completes, fails or releases the key: the
+// Backend is an idem.Watcher, subscribed on one pub/sub connection to the
+// Redis keyspace notifications of the keys being waited for. On first use
+// it turns on the notifications it needs (notify-keyspace-events K$gx, or
+// KA) with CONFIG SET; where CONFIG is refused, as on many managed
+// services, set that in the server's configuration, or Wait falls back to
+// reading the record every idem.Options.WaitPoll. It polls that way on a
+// Cluster or a Ring too (keyspace notifications are node-local), after a
+// Sentinel failover to a master not configured for them, and always for a
+// holder that died, since a lapsed lease writes nothing.
+//
 // # Time
 //
 // The store's clock (idem.Options.Now, on each instance) decides whether a

@@ -72,6 +72,7 @@ type Backend struct {
 	// noSetNXGet is set once Redis refused SET NX GET (before 7.0): new
 	// keys are then claimed by the script too.
 	noSetNXGet atomic.Bool
+	watch      watch // keyspace notifications for Watch
 }
 
 var _ idem.Backend = (*Backend)(nil)
@@ -439,7 +440,13 @@ func globEscape(s string) string {
 	return sb.String()
 }
 
-// Close implements idem.Backend. It does not close the Redis client, which
-// belongs to the caller (it may be shared with the rest of the service);
-// close it after the store.
-func (b *Backend) Close() error { return nil }
+// Close implements idem.Backend: it closes the pub/sub connection Watch
+// opened, if any. It does not close the Redis client, which belongs to the
+// caller (it may be shared with the rest of the service); close it after
+// the store.
+func (b *Backend) Close() error {
+	if err := b.closeWatch(); err != nil {
+		return fail("close pub/sub", err)
+	}
+	return nil
+}
