@@ -129,9 +129,11 @@ type Options struct {
 	// with the replay, instead of a 409 at once: many clients never retry
 	// a 409. After WaitFor the answer is the 409. Zero means no wait. The
 	// waiting requests are bounded by the store (idem.Options.MaxWaiters;
-	// past it, a 409 at once); on one machine a waiter wakes the moment
-	// the outcome is stored, and across instances (Redis, Postgres) it
-	// reads the record again every idem.Options.WaitPoll.
+	// past it, a 409 at once). On one machine a waiter wakes the moment
+	// the outcome is stored; across instances it wakes when the other
+	// instance stores it if the backend can watch keys (Redis with
+	// keyspace notifications, see redisstore.Config.SetKeyspaceEvents),
+	// and otherwise reads the record again every idem.Options.WaitPoll.
 	WaitFor time.Duration
 
 	// ExpiresHeader, when set, names a response header (such as

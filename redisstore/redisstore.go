@@ -58,6 +58,16 @@ type Config struct {
 	// DefaultWaitTimeout (1s); less than a millisecond, WAIT's unit, means
 	// one millisecond.
 	WaitTimeout time.Duration
+
+	// SetKeyspaceEvents lets Watch (Store.Wait across instances) turn on
+	// the keyspace notifications it needs with CONFIG SET when the server
+	// does not publish them. They are a server-wide setting: Redis then
+	// publishes an event for every write of every key, for every client.
+	// False means Watch uses them only when the server's configuration
+	// already enables them (notify-keyspace-events with K and $gx, or K
+	// and A), and Wait otherwise reads the record every
+	// idem.Options.WaitPoll.
+	SetKeyspaceEvents bool
 }
 
 // Backend is the idem.Backend on Redis. Each record is one Redis string
@@ -72,6 +82,7 @@ type Backend struct {
 	// noSetNXGet is set once Redis refused SET NX GET (before 7.0): new
 	// keys are then claimed by the script too.
 	noSetNXGet atomic.Bool
+	setEvents  bool  // Config.SetKeyspaceEvents
 	watch      watch // keyspace notifications for Watch
 }
 
@@ -105,7 +116,7 @@ func NewBackend(rdb redis.UniversalClient, cfg *Config) *Backend {
 	}
 	// WAIT counts in whole milliseconds, and WAIT n 0 waits for ever.
 	c.WaitTimeout = max(c.WaitTimeout, time.Millisecond)
-	return &Backend{rdb: rdb, prefix: c.Prefix, wait: max(c.WaitReplicas, 0), waitTO: c.WaitTimeout}
+	return &Backend{rdb: rdb, prefix: c.Prefix, wait: max(c.WaitReplicas, 0), waitTO: c.WaitTimeout, setEvents: c.SetKeyspaceEvents}
 }
 
 // Check implements idem.Checker: the prefix must be valid UTF-8, since

@@ -53,11 +53,12 @@ type watch struct {
 // deletes the key (or Redis expires it). Writes cost nothing more: Redis
 // publishes the notification itself.
 //
-// On first use Watch reads notify-keyspace-events with CONFIG GET and,
-// when it lacks what Watch needs (K with $, g and x, or K with A), adds
-// that with CONFIG SET. When Redis refuses CONFIG (many managed services
-// do), Watch reports ok == false from then on, and Wait polls only;
-// enable the notifications in the server's own configuration then.
+// On first use Watch reads notify-keyspace-events with CONFIG GET. When it
+// lacks what Watch needs (K with $, g and x, or K with A), Watch adds that
+// with CONFIG SET if Config.SetKeyspaceEvents allows it, and otherwise
+// reports ok == false from then on, so that Wait polls only. When Redis
+// refuses CONFIG (many managed services do), Watch reports ok == false
+// too; enable the notifications in the server's own configuration then.
 // The backend keeps one pub/sub connection, subscribed to the keyspace
 // channel of each key that somebody watches. Watch needs a *redis.Client
 // (standalone or Sentinel failover); on a Cluster or a Ring it reports ok
@@ -183,6 +184,9 @@ func (b *Backend) enableNotifications(ctx context.Context) watchState {
 	want := notifyFlags(flags)
 	if want == flags {
 		return watchOn
+	}
+	if !b.setEvents {
+		return watchOff
 	}
 	if err := c.ConfigSet(ctx, "notify-keyspace-events", want).Err(); err != nil {
 		return refused(err)

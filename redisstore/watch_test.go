@@ -23,7 +23,7 @@ import (
 // B's backend before its store opens.
 func pair(t *testing.T, addr string, poll time.Duration, tweak func(*redisstore.Backend)) (a, b *idem.Store, bb *redisstore.Backend) {
 	t.Helper()
-	cfg := &redisstore.Config{Prefix: uniquePrefix()}
+	cfg := &redisstore.Config{Prefix: uniquePrefix(), SetKeyspaceEvents: true}
 	opts := &idem.Options{GCInterval: -1, WaitPoll: poll}
 	ab := redisstore.NewBackend(newClient(t, addr), cfg)
 	bb = redisstore.NewBackend(newClient(t, addr), cfg)
@@ -157,7 +157,7 @@ func TestWatchDisabledPolls(t *testing.T) {
 // last stops; it sets notify-keyspace-events on the way.
 func TestWatchSubscriptions(t *testing.T) {
 	srv := redistest.Start(t)
-	b := redisstore.NewBackend(newClient(t, srv.Addr), &redisstore.Config{Prefix: "p:"})
+	b := redisstore.NewBackend(newClient(t, srv.Addr), &redisstore.Config{Prefix: "p:", SetKeyspaceEvents: true})
 	t.Cleanup(func() { require.NoError(t, b.Close()) })
 	ctx := context.Background()
 	numsub := func() string {
@@ -187,4 +187,28 @@ func TestWatchSubscriptions(t *testing.T) {
 	assert.Equal(t, "__keyspace@0__:p:k 1", numsub())
 	stop2()
 	require.Eventually(t, func() bool { return numsub() == "__keyspace@0__:p:k 0" }, 5*time.Second, 10*time.Millisecond)
+}
+
+// Without SetKeyspaceEvents, Watch never changes the server's
+// configuration: it is off where the server does not publish the events,
+// and on where the server's own configuration does.
+func TestWatchLeavesServerConfig(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	ctx := context.Background()
+	require.NoError(t, rdb.ConfigSet(ctx, "notify-keyspace-events", "").Err())
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: "p:"})
+	_, _, ok := b.Watch(ctx, "k")
+	assert.False(t, ok, "no events on the server: Wait polls")
+	cur, err := rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
+	require.NoError(t, err)
+	assert.Equal(t, "", cur["notify-keyspace-events"], "the server's configuration is unchanged")
+	require.NoError(t, b.Close())
+
+	require.NoError(t, rdb.ConfigSet(ctx, "notify-keyspace-events", "KA").Err())
+	b = redisstore.NewBackend(rdb, &redisstore.Config{Prefix: "p:"})
+	defer b.Close()
+	_, stop, ok := b.Watch(ctx, "k")
+	require.True(t, ok, "the server publishes the events: Watch uses them")
+	stop()
 }
