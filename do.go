@@ -46,8 +46,8 @@ const endTimeout = 30 * time.Second
 // key runs fn again. A response larger than Options.MaxResponseSize cannot
 // be stored: Do returns ErrTooLarge and ends the key as a permanent failure,
 // since running fn again could repeat its side effect. If fn panics, or
-// its goroutine exits (runtime.Goexit), the key is released and the panic
-// or exit goes on.
+// its goroutine exits (runtime.Goexit), the key is left as a failure that
+// may run again (Lease.Run) and the panic or exit goes on.
 //
 // If the lease is lost before fn's outcome is stored (fn ran past its
 // lease while the store was unreachable, and another caller took the key
@@ -71,31 +71,11 @@ func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
 		return rec.Response, true, nil
 	}
 
-	runCtx, stop := lease.KeepAlive(ctx)
-
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
 	defer endCancel()
 
 	var fnErr error
-	func() {
-		returned := false
-		defer func() {
-			if returned {
-				return
-			}
-			// fn panicked, or its goroutine is exiting (runtime.Goexit,
-			// for which recover returns nil).
-			p := recover()
-			stop()
-			_ = lease.Release(endCtx)
-			if p != nil {
-				panic(p)
-			}
-		}()
-		response, fnErr = fn(runCtx)
-		returned = true
-	}()
-	stop()
+	lease.Run(ctx, func(ctx context.Context) { response, fnErr = fn(ctx) })
 
 	if fnErr == nil {
 		err := lease.Complete(endCtx, response)

@@ -196,3 +196,36 @@ func (h *keepHeap) Pop() any {
 	ka.index = -1
 	return ka
 }
+
+// Run runs fn under KeepAlive: fn gets the context KeepAlive returns, and
+// the renewal stops when fn returns, before Run does. If fn panics, or its
+// goroutine exits (runtime.Goexit), Run stops the renewal, ends the lease
+// as a failure that may run again (no response; the record keeps its
+// fingerprint, so a retry with the same request runs it and another
+// request under the key is refused), and lets the panic or exit go on.
+//
+// Do, the idemhttp middleware and the idemgrpc interceptor run their
+// requests through it; the caller ends the lease by fn's outcome after Run
+// returns.
+func (l *Lease) Run(ctx context.Context, fn func(ctx context.Context)) {
+	run, stop := l.KeepAlive(ctx)
+	returned := false
+	defer func() {
+		if returned {
+			return
+		}
+		p := recover() // nil for runtime.Goexit
+		stop()
+		endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+		defer cancel()
+		if err := l.Fail(endCtx, nil, true); err != nil {
+			l.s.log.Error("idem: ending the lease of a request that panicked", "key", l.key, "err", err)
+		}
+		if p != nil {
+			panic(p)
+		}
+	}()
+	fn(run)
+	returned = true
+	stop()
+}

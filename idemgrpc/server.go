@@ -177,42 +177,19 @@ func notStored(why string) error {
 
 // run runs the handler under lease and ends the lease by the outcome.
 func (i *interceptor) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, lease *idem.Lease) (any, error) {
-	// Renewal outlives the client's call (Lease.KeepAlive): a handler past
-	// its side effect may finish after the client has gone, and a lapsed
-	// lease would let the client's retry run it again.
-	runCtx, stop := lease.KeepAlive(ctx)
-	defer stop()
-
 	// Ending the lease outlives the client's call.
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
 	defer endCancel()
 
+	// Renewal outlives the client's call too (Lease.Run): a handler past
+	// its side effect may finish after the client has gone, and a lapsed
+	// lease would let the client's retry run it again. A panic leaves the
+	// key to the client's retry.
 	var (
 		reply any
 		herr  error
 	)
-	func() {
-		returned := false
-		defer func() {
-			if returned {
-				return
-			}
-			// The handler panicked, or its goroutine is exiting
-			// (runtime.Goexit, for which recover returns nil): leave the
-			// key to the client's retry.
-			p := recover()
-			stop()
-			if err := lease.Fail(endCtx, nil, true); err != nil {
-				i.cfg.Logger.Error("idemgrpc: ending the key after a panic", "key", lease.Key(), "err", err)
-			}
-			if p != nil {
-				panic(p)
-			}
-		}()
-		reply, herr = handler(runCtx, req)
-		returned = true
-	}()
-	stop()
+	lease.Run(ctx, func(ctx context.Context) { reply, herr = handler(ctx, req) })
 
 	if herr != nil {
 		st := handlerStatus(herr)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -213,4 +214,27 @@ func TestHeadersAfterWriteHeaderNotSent(t *testing.T) {
 		assert.Equal(t, "1", resp.Header.Get("X-Before"), i)
 		assert.Empty(t, resp.Header.Get("X-After"), i)
 	}
+}
+
+// A handler whose goroutine exits (runtime.Goexit) leaves its key
+// retryable, as a panic does, instead of in progress until its lease
+// lapses.
+func TestHandlerGoexitLeavesKeyRetryable(t *testing.T) {
+	s := openStore(t, nil)
+	var runs atomic.Int64
+	h := idemhttp.New(s, nil)(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if runs.Add(1) == 1 {
+			runtime.Goexit()
+		}
+		w.WriteHeader(http.StatusCreated)
+	}))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		serve(h, post("/pay", "k", "a"))
+	}()
+	<-done
+	w := serve(h, post("/pay", "k", "a"))
+	require.Equal(t, http.StatusCreated, w.Code, "the retry runs the handler, not a 409: %s", w.Body)
+	require.EqualValues(t, 2, runs.Load())
 }

@@ -220,31 +220,16 @@ func (m *middleware) notStored(key, why string) *response {
 // (Flush), hijacked or made larger than the store's MaxResponseSize has
 // reached the client already and cannot be taken back.
 func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, fp []byte, lease *idem.Lease) {
-	// Renewal outlives the client's connection (Lease.KeepAlive): a
-	// handler past its side effect may finish after the client has gone,
-	// and a lapsed lease would let the client's retry run it again.
-	runCtx, stopRenew := lease.KeepAlive(ctx)
-	defer stopRenew()
-
 	// Ending the lease outlives the client's connection.
 	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
 	defer endCancel()
 
+	// Renewal outlives the client's connection too (Lease.Run): a handler
+	// past its side effect may finish after the client has gone, and a
+	// lapsed lease would let the client's retry run it again. A panic
+	// leaves the key to the client's retry.
 	c := newCapture(w, m.maxResp)
-	func() {
-		defer func() {
-			if p := recover(); p != nil {
-				stopRenew()
-				// The handler failed: leave the key to the client's retry.
-				if err := lease.Fail(endCtx, nil, true); err != nil {
-					m.logEndFailed(lease, "after a panic", err)
-				}
-				panic(p)
-			}
-		}()
-		next.ServeHTTP(c, r.WithContext(runCtx))
-	}()
-	stopRenew()
+	lease.Run(ctx, func(ctx context.Context) { next.ServeHTTP(c, r.WithContext(ctx)) })
 
 	if c.unstored == "" {
 		resp := c.response()

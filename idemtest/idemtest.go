@@ -392,12 +392,22 @@ func testDo(t *testing.T, open Opener) {
 	assert.Equal(t, "402 declined", string(resp))
 	assert.Equal(t, before, runs.Load())
 
-	// A panic releases the key and goes on.
+	// A panic leaves the key retryable, keeping its fingerprint, and goes
+	// on.
 	assert.Panics(t, func() {
 		_, _, _ = s.Do(ctx, "panic", fpA, func(context.Context) ([]byte, error) { panic("boom") })
 	})
-	_, err = s.Get(ctx, "panic")
-	assert.ErrorIs(t, err, idem.ErrNotFound, "released after panic")
+	rec, err = s.Get(ctx, "panic")
+	require.NoError(t, err)
+	assert.Equal(t, idem.StateFailed, rec.State, "failed after panic")
+	assert.True(t, rec.Retryable, "and may run again")
+	_, _, err = s.Do(ctx, "panic", fpB, charge)
+	assert.ErrorIs(t, err, idem.ErrFingerprintMismatch, "another request under the key is still refused")
+	before = runs.Load()
+	_, replayed, err = s.Do(ctx, "panic", fpA, charge)
+	require.NoError(t, err)
+	assert.False(t, replayed, "the same request runs again")
+	assert.Equal(t, before+1, runs.Load())
 
 	// Another caller's live lease: ErrInProgress, fn not run.
 	l := begin(t, s, "busy", fpA)
