@@ -40,7 +40,7 @@ func Open(dir string, opts *Options) (*Store, error) {
 		return nil, fmt.Errorf("idem: %w", embeddedErr(err))
 	}
 	if o.CacheSize == 0 {
-		o.CacheSize = DefaultCacheSize
+		o.CacheSize, o.defaultCache = DefaultCacheSize, true
 	}
 	return newStore(embedded{kv}, o), nil
 }

@@ -140,13 +140,18 @@ type Options struct {
 	// change until they expire, so Get and the replay path of Begin can be
 	// answered without a backend read. Zero means DefaultCacheSize (8 MiB)
 	// for the embedded store (Open), whose every write goes through this
-	// Store, and no cache for New: with several instances on one Redis or
-	// Postgres, a Delete made by another instance is not seen by this cache
-	// until the cached record's own expiry or CacheTTL, so there it is the
-	// caller's choice. Negative means no cache.
+	// Store, filled by replays only (a Get of a key read once would pay for
+	// filling it); and no cache for New: with several instances on one
+	// Redis or Postgres, a Delete made by another instance is not seen by
+	// this cache until the cached record's own expiry or CacheTTL, so there
+	// it is the caller's choice. A size set here is filled by Gets and
+	// replays alike. Negative means no cache.
 	CacheSize int64
 	// CacheTTL bounds how long a record stays cached. Zero means 1m.
 	CacheTTL time.Duration
+	// defaultCache says CacheSize is the embedded store's default, which
+	// replays fill and Gets do not (see Store.cacheGets).
+	defaultCache bool
 
 	// MaxWaiters bounds the calls of Wait waiting at once. Zero means
 	// DefaultMaxWaiters (1024).

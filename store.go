@@ -26,6 +26,11 @@ type Store struct {
 	log   *slog.Logger
 	stats counters
 	cache *recordCache // nil when Options.CacheSize is 0
+	// cacheGets makes Get use the cache too, not only Begin's replays:
+	// when the caller sized the cache. The embedded store's default cache serves
+	// replays, the hot path of an idempotency store; filling it from every
+	// Get of keys read once would cost those Gets more than it saves.
+	cacheGets bool
 
 	// mu guards closed: operations hold it for reading while they run, so
 	// Close (holding it for writing) waits for them before closing the
@@ -102,6 +107,7 @@ func newStore(b Backend, o Options) *Store {
 	s.keeper.init(s.log.Warn)
 	if o.CacheSize > 0 {
 		s.cache = newRecordCache(o.CacheSize, o.CacheTTL)
+		s.cacheGets = !o.defaultCache
 	}
 	if o.GCInterval > 0 && !o.ReadOnly {
 		s.wg.Add(1)
@@ -410,7 +416,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 		return nil, wrap("get", key, err)
 	}
 	now := s.now()
-	if s.cache != nil {
+	if s.cacheGets {
 		if s.isClosed.Load() {
 			return nil, wrap("get", key, ErrClosed)
 		}
@@ -424,7 +430,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 	}
 	defer s.mu.RUnlock()
 	var epoch uint64
-	if s.cache != nil {
+	if s.cacheGets {
 		epoch = s.cache.epoch()
 	}
 	data, err := s.b.Load(ctx, key)
@@ -444,7 +450,7 @@ func (s *Store) get(ctx context.Context, key string) (*Record, error) {
 		return nil, wrap("get", key, ErrNotFound)
 	}
 	s.stats.hits.Add(1)
-	if s.cache != nil && rec.Finished() {
+	if s.cacheGets && rec.Finished() {
 		s.cache.put(rec, now, epoch)
 	}
 	return rec, nil
