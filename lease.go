@@ -209,11 +209,11 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 		if apply(rec, now) {
 			return nil, time.Time{}, nil
 		}
+		data := encodeRecord(rec)
 		if rec.State == StateInProgress {
-			next = encodeRecord(rec)
-			return next, physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
+			next = data // the lease goes on: its next step expects this
 		}
-		return encodeRecord(rec), physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
+		return data, physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 	})
 	switch {
 	case err == nil && next != nil:
