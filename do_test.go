@@ -3,6 +3,7 @@ package idem_test
 import (
 	"context"
 	"runtime"
+	"strconv"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -35,4 +36,30 @@ func TestDoGoexitLeavesKeyRetryable(t *testing.T) {
 	require.NoError(t, err, "record left behind: %+v", rec)
 	require.NotNil(t, l, "the request runs again at once")
 	require.Equal(t, 2, rec.Attempts, "a retry of the failed record, not a takeover after its lease")
+}
+
+// BenchmarkDo measures Do on fresh keys on the embedded store: the claim,
+// fn, and the completion. Compare allocations with -benchmem.
+func BenchmarkDo(b *testing.B) {
+	for _, sync := range []struct {
+		name string
+		mode idem.Sync
+	}{{"SyncNever", idem.SyncNever}, {"SyncAlways", idem.SyncAlways}} {
+		b.Run(sync.name, func(b *testing.B) {
+			s, err := idem.Open(b.TempDir(), &idem.Options{Sync: sync.mode, GCInterval: -1})
+			require.NoError(b, err)
+			defer s.Close()
+			ctx := context.Background()
+			resp := []byte(`{"id":"ch_1","amount":1000,"currency":"eur","status":"succeeded"}`)
+			fn := func(context.Context) ([]byte, error) { return resp, nil }
+			fp := []byte("0123456789abcdef0123456789abcdef")
+			i := 0
+			for b.Loop() {
+				i++
+				if _, _, err := s.Do(ctx, "key-"+strconv.Itoa(i), fp, fn); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

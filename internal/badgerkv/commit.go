@@ -16,13 +16,18 @@ import (
 	"github.com/dgraph-io/badger/v4"
 )
 
-// Durable writes under SyncAlways are group-committed: concurrent durable
-// compare-and-swaps are gathered into one Badger transaction, which is
-// committed and then made durable by one DB.Sync, started after the commit.
-// While one batch commits and syncs, the writers that arrive gather into
-// the next. Each swap in a batch is still decided on its own (read,
-// compare, write, in arrival order; a later swap of the same key sees the
-// earlier one's write), so batching changes the cost, not the outcome.
+// Writes are group-committed: concurrent compare-and-swaps are gathered
+// into one Badger transaction. Durable writes under SyncAlways gather in
+// one queue, whose batch is committed and then made durable by one
+// DB.Sync, started after the commit; every other write gathers in a second
+// queue, committed without a sync, so that a write that need not wait for
+// the disk never waits behind one that does. While one batch commits (and
+// syncs), the writers that arrive gather into the next; a writer that
+// finds its queue idle commits its own write at once, so a lone caller
+// pays no hand-off. Each swap in a batch is still decided on its own
+// (read, compare, write, in arrival order; a later swap of the same key
+// sees the earlier one's write), so batching changes the cost, not the
+// outcome.
 
 // Limits on one batch, well inside Badger's transaction limits for the
 // memtable size in badgerOptions; a batch always takes at least one write.
@@ -37,7 +42,7 @@ var (
 	batchMaxBytes  = 512 << 10
 )
 
-type durableWrite struct {
+type queuedWrite struct {
 	key      []byte
 	old, new []byte
 	expireAt time.Time
@@ -49,25 +54,31 @@ type durableWrite struct {
 }
 
 type commitQueue struct {
+	durable bool       // batches are synced: durable writes under SyncAlways
 	mu      sync.Mutex // protects pending and running
-	pending []*durableWrite
+	pending []*queuedWrite
 	running bool // a goroutine is committing batches
 }
 
-// durableCAS is CompareAndSwap for a durable write under SyncAlways.
-func (b *DB) durableCAS(ctx context.Context, key string, old, new []byte, expireAt time.Time) ([]byte, bool, error) {
+// queuedCAS is CompareAndSwap through q.
+func (b *DB) queuedCAS(ctx context.Context, q *commitQueue, key string, old, new []byte, expireAt time.Time) ([]byte, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, false, err
 	}
-	w := &durableWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt, done: make(chan struct{})}
-	q := &b.commits
+	w := &queuedWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt}
 	q.mu.Lock()
-	q.pending = append(q.pending, w)
 	lead := !q.running
+	if !lead {
+		w.done = make(chan struct{})
+	}
+	q.pending = append(q.pending, w)
 	q.running = true
 	q.mu.Unlock()
 	if lead {
-		b.commitBatches()
+		// The queue was idle, so w is first in it and in the batch that
+		// commitBatches commits before it returns.
+		b.commitBatches(q)
+		return w.current, w.swapped, w.err
 	}
 	// Once queued, the write goes ahead whatever ctx says: waiting for it
 	// is the only way to know whether it happened.
@@ -75,11 +86,10 @@ func (b *DB) durableCAS(ctx context.Context, key string, old, new []byte, expire
 	return w.current, w.swapped, w.err
 }
 
-// commitBatches commits the pending writes one batch at a time. The
+// commitBatches commits q's pending writes one batch at a time. The
 // goroutine that started it returns after its own batch; the batches that
 // gathered meanwhile go on in a new goroutine.
-func (b *DB) commitBatches() {
-	q := &b.commits
+func (b *DB) commitBatches(q *commitQueue) {
 	q.mu.Lock()
 	n, size := 0, 0
 	for n < len(q.pending) && n < batchMaxWrites && (n == 0 || size+len(q.pending[n].new) <= batchMaxBytes) {
@@ -90,9 +100,11 @@ func (b *DB) commitBatches() {
 	q.pending = q.pending[n:]
 	q.mu.Unlock()
 
-	b.commitBatch(batch)
+	b.commitBatch(q, batch)
 	for _, w := range batch {
-		close(w.done)
+		if w.done != nil {
+			close(w.done)
+		}
 	}
 
 	q.mu.Lock()
@@ -103,35 +115,43 @@ func (b *DB) commitBatches() {
 	}
 	q.mu.Unlock()
 	if more {
-		go b.commitBatches()
+		go b.commitBatches(q)
 	}
 }
 
-// commitBatch decides, commits and syncs batch, setting each write's
-// result.
-func (b *DB) commitBatch(batch []*durableWrite) {
-	// The writers wait for the batch whatever their contexts say, so the
-	// wait for writes that Badger blocks for a moment (reclaim) is bounded
-	// here.
-	ctx, cancel := context.WithTimeout(context.Background(), blockedWritesLimit)
-	defer cancel()
+// commitBatch decides and commits batch, and syncs it when q is durable,
+// setting each write's result.
+func (b *DB) commitBatch(q *commitQueue, batch []*queuedWrite) {
 	// The memtable the batch lands in is the newest one seen so far or a
-	// later one.
-	first := b.memFid
-	var err error
-	for {
-		err = blockedRetry(ctx, func() error {
-			return b.guard("durable write", func() error {
-				return b.db.Update(func(txn *badger.Txn) error {
-					for _, w := range batch {
-						if err := w.apply(txn); err != nil {
-							return err
-						}
+	// later one (only the durable queue's committer uses memFid).
+	var first int
+	op := "write"
+	if q.durable {
+		first, op = b.memFid, "durable write"
+	}
+	commit := func() error {
+		return b.guard(op, func() error {
+			return b.db.Update(func(txn *badger.Txn) error {
+				for _, w := range batch {
+					if err := w.apply(txn); err != nil {
+						return err
 					}
-					return nil
-				})
+				}
+				return nil
 			})
 		})
+	}
+	var err error
+	for {
+		err = commit()
+		if errors.Is(err, badger.ErrBlockedWrites) {
+			// The writers wait for the batch whatever their contexts say,
+			// so the wait for writes that Badger blocks for a moment
+			// (reclaim) is bounded here.
+			ctx, cancel := context.WithTimeout(context.Background(), blockedWritesLimit)
+			err = blockedRetry(ctx, commit)
+			cancel()
+		}
 		if !errors.Is(err, badger.ErrConflict) {
 			break
 		}
@@ -140,11 +160,11 @@ func (b *DB) commitBatch(batch []*durableWrite) {
 	}
 	if errors.Is(err, badger.ErrTxnTooBig) && len(batch) > 1 {
 		half := len(batch) / 2
-		b.commitBatch(batch[:half:half])
-		b.commitBatch(batch[half:])
+		b.commitBatch(q, batch[:half:half])
+		b.commitBatch(q, batch[half:])
 		return
 	}
-	err = b.writeErr("durable write", err)
+	err = b.writeErr(op, err)
 	swapped := false
 	for _, w := range batch {
 		w.err = err
@@ -153,7 +173,7 @@ func (b *DB) commitBatch(batch []*durableWrite) {
 		}
 		swapped = swapped || w.swapped
 	}
-	if err != nil || !swapped {
+	if err != nil || !swapped || !q.durable {
 		return
 	}
 	err = b.guard("fsync", b.sync)
@@ -174,7 +194,7 @@ func (b *DB) commitBatch(batch []*durableWrite) {
 }
 
 // apply decides and stages w in txn.
-func (w *durableWrite) apply(txn *badger.Txn) error {
+func (w *queuedWrite) apply(txn *badger.Txn) error {
 	w.current, w.swapped = nil, false
 	item, err := txn.Get(w.key)
 	switch {

@@ -80,7 +80,20 @@ func TestGroupCommitShares(t *testing.T) {
 // non-durable swaps from the same old value, exactly one wins, and every
 // loser is told the winner's value.
 func TestGroupCommitExactlyOne(t *testing.T) {
-	b := openBackend(t, func(sync func() error) func() error { return sync })
+	t.Run("SyncAlways", func(t *testing.T) {
+		exactlyOne(t, openBackend(t, func(sync func() error) func() error { return sync }))
+	})
+	// Under SyncNever every write goes through the queue of writes that
+	// are not synced.
+	t.Run("SyncNever", func(t *testing.T) {
+		b, err := Open(Config{Dir: t.TempDir(), Sync: SyncNever})
+		require.NoError(t, err)
+		t.Cleanup(func() { require.NoError(t, b.Close()) })
+		exactlyOne(t, b)
+	})
+}
+
+func exactlyOne(t *testing.T, b *DB) {
 	ctx := context.Background()
 	for round := 0; round < 20; round++ {
 		key := fmt.Sprint("race-", round)

@@ -1,7 +1,6 @@
 package badgerkv
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +66,7 @@ type DB struct {
 	mode    Sync
 	sync    func() error // db.Sync; a test may count calls
 	commits commitQueue  // durable writes under SyncAlways, see commit.go
+	writes  commitQueue  // every other write
 	// memFid is the number of the newest memtable file the committer has
 	// seen, and fsyncFile fsyncs one file by path (a test may watch it):
 	// see syncRotated. Only the committing goroutine uses them.
@@ -120,6 +120,7 @@ func Open(cfg Config) (*DB, error) {
 		return nil, fmt.Errorf("open %s: %w", dir, err)
 	}
 	b := &DB{db: db, mode: cfg.Sync, stop: make(chan struct{}), dir: dir, log: cfg.Logger}
+	b.commits.durable = true
 	if !cfg.InMemory && !cfg.ReadOnly && cfg.Reserve >= 0 {
 		reserve := cfg.Reserve
 		if reserve == 0 {
@@ -256,64 +257,19 @@ func (b *DB) Load(ctx context.Context, key string) ([]byte, error) {
 // CompareAndSwap replaces the value under key with new when the stored
 // value equals old (nil: absent); new == nil deletes the key. The value
 // may be dropped from expireAt on, rounded up to Badger's whole seconds.
-// It is one Badger update transaction:
-// Get, compare, Set. A commit that conflicts with another transaction on
-// the key is retried from the other's result. Under SyncAlways a durable
-// swap is group-committed with others and returns once fsynced (see
-// badger_commit.go).
+// It is decided in one Badger update transaction (Get, compare, Set),
+// group-committed with concurrent swaps (commit.go); a commit that
+// conflicts with another transaction on the key is decided again from the
+// other's result. Under SyncAlways a durable swap returns once fsynced.
 func (b *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
 	if err := b.writable(); err != nil {
 		return nil, false, err
 	}
+	q := &b.writes
 	if durable && b.mode == SyncAlways {
-		return b.durableCAS(ctx, key, old, new, expireAt)
+		q = &b.commits
 	}
-	k := dbKey(key)
-	for {
-		if err := ctx.Err(); err != nil {
-			return nil, false, err
-		}
-		var current []byte
-		swapped := false
-		err := blockedRetry(ctx, func() error {
-			current, swapped = nil, false
-			return b.guard("write", func() error {
-				return b.db.Update(func(txn *badger.Txn) error {
-					item, err := txn.Get(k)
-					switch {
-					case errors.Is(err, badger.ErrKeyNotFound):
-					case err != nil:
-						return err
-					default:
-						if current, err = item.ValueCopy(nil); err != nil {
-							return err
-						}
-					}
-					if (current == nil) != (old == nil) || !bytes.Equal(current, old) {
-						return nil
-					}
-					swapped = true
-					if new == nil {
-						return txn.Delete(k)
-					}
-					e := badger.NewEntry(k, new)
-					e.ExpiresAt = expirySeconds(expireAt)
-					return txn.SetEntry(e)
-				})
-			})
-		})
-		if errors.Is(err, badger.ErrConflict) {
-			continue
-		}
-		err = b.writeErr("write", err)
-		if err != nil {
-			return nil, false, err
-		}
-		if !swapped {
-			return current, false, nil
-		}
-		return nil, true, nil
-	}
+	return b.queuedCAS(ctx, q, key, old, new, expireAt)
 }
 
 // Delete removes key; an absent key is not an error.
