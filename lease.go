@@ -21,22 +21,33 @@ type Lease struct {
 	created time.Time // CreatedAt of the leased record: a re-created key is another record
 	pol     policy
 
-	mu    sync.Mutex // protects until and data
+	mu    sync.Mutex // protects until, data and rec
 	until time.Time
 	// data is the stored form this lease last wrote, while the record is
 	// in progress: the expected value of the next compare-and-swap, which
 	// saves a read when nothing else wrote the key meanwhile. nil means
-	// unknown: read it.
+	// unknown: read it. rec is data decoded (nil: decode data), owned by
+	// the lease.
 	data []byte
+	rec  *Record
 }
 
-// takeData returns and forgets the stored form the lease last wrote.
-func (l *Lease) takeData() []byte {
+// takeData returns and forgets the stored form the lease last wrote, and
+// the record it holds, when known.
+func (l *Lease) takeData() ([]byte, *Record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	d := l.data
-	l.data = nil
-	return d
+	d, r := l.data, l.rec
+	l.data, l.rec = nil, nil
+	return d, r
+}
+
+// setData records data, the stored form of rec, as the lease's last write.
+// rec must not be changed afterwards.
+func (l *Lease) setData(data []byte, rec *Record) {
+	l.mu.Lock()
+	l.data, l.rec = data, rec
+	l.mu.Unlock()
 }
 
 // Key returns the leased key.
@@ -179,7 +190,7 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 	// The first attempt expects the record this lease wrote; the swap
 	// fails harmlessly, returning what is stored, if anything else wrote
 	// the key since.
-	cur := l.takeData()
+	cur, known := l.takeData()
 	guess := cur != nil
 	if !guess {
 		if cur, err = sw.Load(ctx, l.key); err != nil {
@@ -187,14 +198,23 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 		}
 	}
 	var next []byte
+	var nextRec *Record
 	err = s.update(ctx, sw, op, l.key, cur, guess, durable, func(cur []byte, guess bool, now time.Time) ([]byte, time.Time, error) {
-		next = nil
+		next, nextRec = nil, nil
 		if cur == nil {
 			return nil, time.Time{}, s.lost(op, l, nil, now)
 		}
-		rec, err := decodeRecord(l.key, cur)
-		if err != nil {
-			return nil, time.Time{}, wrap(op, l.key, err)
+		var rec *Record
+		if guess && known != nil {
+			// The lease's own last write, decoded when it was made: a
+			// copy, so a retry from the stored value starts afresh.
+			r := *known
+			rec = &r
+		} else {
+			var err error
+			if rec, err = decodeRecord(l.key, cur); err != nil {
+				return nil, time.Time{}, wrap(op, l.key, err)
+			}
 		}
 		if rec.State != StateInProgress || rec.Token != l.token || !rec.CreatedAt.Equal(l.created) || rec.Expired(now) {
 			if guess {
@@ -211,15 +231,13 @@ func (s *Store) fencedVia(ctx context.Context, sw Swapper, op string, l *Lease, 
 		}
 		data := encodeRecord(rec)
 		if rec.State == StateInProgress {
-			next = data // the lease goes on: its next step expects this
+			next, nextRec = data, rec // the lease goes on: its next step expects this
 		}
 		return data, physicalExpiry(rec.ExpiresAt, now, time.Now()), nil
 	})
 	switch {
 	case err == nil && next != nil:
-		l.mu.Lock()
-		l.data = next
-		l.mu.Unlock()
+		l.setData(next, nextRec)
 	case err == nil:
 		s.waiters.wake(l.key) // the lease ended
 	}

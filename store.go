@@ -310,6 +310,10 @@ func (s *Store) begin(ctx context.Context, key string, fingerprint []byte) (*Lea
 		}
 		data := encodeRecord(next)
 		lease = &Lease{s: s, key: key, token: next.Token, created: next.CreatedAt, until: next.LeaseUntil, pol: pol, data: data}
+		// The lease keeps its own copy: the caller gets next.
+		own := *next
+		own.Fingerprint = bytes.Clone(next.Fingerprint)
+		lease.rec = &own
 		leased = next
 		return data, physicalExpiry(next.ExpiresAt, now, time.Now()), nil
 	})
