@@ -411,6 +411,12 @@ func TestRestartFreesDeadHolders(t *testing.T) {
 	c, err := s.Census(ctx, "", 0)
 	require.NoError(t, err)
 	assert.Equal(t, 10, c.StaleLeases, "every lease of the dead process is stale at once")
+	// Wait does not wait out the dead holder's hour-long lease either.
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	rec, err := s.Wait(wctx, "k1")
+	cancel()
+	require.NoError(t, err, "Wait returns at once for a holder that died with the previous process")
+	assert.Equal(t, idem.StateInProgress, rec.State)
 	for i := 0; i < 20; i++ {
 		key := fmt.Sprintf("k%d", i)
 		l, rec, err := s.Begin(ctx, key, []byte("fp"))

@@ -12,8 +12,8 @@ const DefaultMaxWaiters = 1024
 
 // Wait waits while the record under key is in progress with a live lease,
 // and returns it once it is not: finished (replay it), failed and
-// retryable, or in progress with a lapsed lease (its holder is gone: Begin
-// takes it over). It returns ErrNotFound when the key has no record (its
+// retryable, or in progress with a lapsed lease or a holder that ended
+// with an earlier process (its holder is gone: Begin takes it over). It returns ErrNotFound when the key has no record (its
 // holder released it: Begin runs the request), and ctx's error when ctx
 // ends first; bound the wait with ctx.
 //
@@ -53,7 +53,7 @@ func (s *Store) Wait(ctx context.Context, key string) (*Record, error) {
 			}
 		}
 		rec, err := s.Get(ctx, key)
-		if err != nil || rec.State != StateInProgress || rec.LeaseLapsed(s.now()) {
+		if err != nil || rec.State != StateInProgress || rec.LeaseLapsed(s.now()) || s.holderGone(rec) {
 			done()
 			return rec, err
 		}
