@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -51,6 +52,7 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 	jsonOut := fs.String("json", "", "also write the results as JSON to this file (- for stdout)")
 	svgOut := fs.String("svg", "", "also draw the figures against their targets as an SVG bar chart in this file")
 	quick := fs.Bool("quick", false, "CI mode: 20k records and 200ms per side (timings are not meaningful)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of this process (not its children) to this file; narrow it with -only")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -84,6 +86,20 @@ func mainErr(args []string, stdout, stderr io.Writer) error {
 
 	fmt.Fprintf(stderr, "idem bench: %s, %d CPUs, %s, %s records, %v per side\n",
 		runtime.Version(), runtime.NumCPU(), cpuModel(), count(*records), *duration)
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return err
+		}
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+		}()
+	}
 	var rows []row
 	ctx := context.Background()
 	for _, w := range ws {
