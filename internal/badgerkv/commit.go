@@ -57,7 +57,7 @@ type commitQueue struct {
 	durable bool       // batches are synced: durable writes under SyncAlways
 	mu      sync.Mutex // protects pending and running
 	pending []*queuedWrite
-	running bool // a goroutine is committing batches
+	running bool // a batch is committing: one at a time (docs/decisions.md, "Durability and Badger's Sync")
 }
 
 // queuedCAS is CompareAndSwap through q.
@@ -67,63 +67,68 @@ func (b *DB) queuedCAS(ctx context.Context, q *commitQueue, key string, old, new
 	}
 	w := &queuedWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt}
 	q.mu.Lock()
-	lead := !q.running
-	if !lead {
-		w.done = make(chan struct{})
-	}
-	q.pending = append(q.pending, w)
-	q.running = true
-	q.mu.Unlock()
-	if lead {
-		// The queue was idle, so w is first in it and in the batch that
-		// commitBatches commits before it returns.
-		b.commitBatches(q)
+	if !q.running {
+		// The queue is idle (and so nothing is pending: a batch that ends
+		// with writes pending goes on with them): w's writer commits a
+		// batch of w alone, at once.
+		q.running = true
+		q.mu.Unlock()
+		b.commitBatches(q, []*queuedWrite{w})
 		return w.current, w.swapped, w.err
 	}
+	w.done = make(chan struct{})
+	q.pending = append(q.pending, w)
+	q.mu.Unlock()
 	// Once queued, the write goes ahead whatever ctx says: waiting for it
 	// is the only way to know whether it happened.
 	<-w.done
 	return w.current, w.swapped, w.err
 }
 
-// commitBatches commits q's pending writes one batch at a time. The
-// goroutine that started it returns after its own batch; the batches that
-// gathered meanwhile go on in a new goroutine.
-func (b *DB) commitBatches(q *commitQueue) {
-	q.mu.Lock()
-	n, size := 0, 0
-	for n < len(q.pending) && n < batchMaxWrites && (n == 0 || size+len(q.pending[n].new) <= batchMaxBytes) {
-		size += len(q.pending[n].new)
-		n++
-	}
-	batch := q.pending[:n:n]
-	q.pending = q.pending[n:]
-	q.mu.Unlock()
-
+// commitBatches commits batch and then, while writes are pending, goes on
+// with them in a new goroutine; otherwise it marks the queue idle. It
+// returns after batch.
+func (b *DB) commitBatches(q *commitQueue, batch []*queuedWrite) {
 	b.commitBatch(q, batch)
 	for _, w := range batch {
 		if w.done != nil {
 			close(w.done)
 		}
 	}
-
 	q.mu.Lock()
-	more := len(q.pending) > 0
-	if !more {
+	next := q.takeBatch()
+	if next == nil {
 		q.running = false
-		q.pending = nil
 	}
 	q.mu.Unlock()
-	if more {
-		go b.commitBatches(q)
+	if next != nil {
+		go b.commitBatches(q, next)
 	}
+}
+
+// takeBatch removes and returns the first pending writes, at most one
+// batch of them, or nil when none are pending. q.mu must be held.
+func (q *commitQueue) takeBatch() []*queuedWrite {
+	n, size := 0, 0
+	for n < len(q.pending) && n < batchMaxWrites && (n == 0 || size+len(q.pending[n].new) <= batchMaxBytes) {
+		size += len(q.pending[n].new)
+		n++
+	}
+	if n == 0 {
+		q.pending = nil
+		return nil
+	}
+	batch := q.pending[:n:n]
+	q.pending = q.pending[n:]
+	return batch
 }
 
 // commitBatch decides and commits batch, and syncs it when q is durable,
 // setting each write's result.
 func (b *DB) commitBatch(q *commitQueue, batch []*queuedWrite) {
 	// The memtable the batch lands in is the newest one seen so far or a
-	// later one (only the durable queue's committer uses memFid).
+	// later one (only the durable queue's batches, one at a time, use
+	// memFid).
 	var first int
 	op := "write"
 	if q.durable {

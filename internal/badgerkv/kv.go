@@ -69,7 +69,7 @@ type DB struct {
 	writes  commitQueue  // every other write
 	// memFid is the number of the newest memtable file the committer has
 	// seen, and fsyncFile fsyncs one file by path (a test may watch it):
-	// see syncRotated. Only the committing goroutine uses them.
+	// see syncRotated. Only the durable queue's committer uses them.
 	memFid      int
 	memPaths    [2]string // the files of memFid and the one after it
 	memPathsFid int       // the memFid of memPaths
