@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"time"
+	"github.com/idemdb/idem/internal/endctx"
 )
 
 // PermanentError is a failure that fn passed to Do marks as permanent: Do
@@ -27,11 +27,6 @@ func Permanent(err error, response []byte) error {
 	}
 	return &PermanentError{Err: err, Response: response}
 }
-
-// endTimeout bounds the write that ends a lease after fn returns. It is not
-// tied to the caller's context: once fn has charged the card, its outcome
-// must be stored even if the caller has gone away.
-const endTimeout = 30 * time.Second
 
 // Do runs fn at most once per key while the key's record lives, and returns
 // the stored response to every retry (replayed == true).
@@ -71,7 +66,7 @@ func (s *Store) Do(ctx context.Context, key string, fingerprint []byte,
 		return rec.Response, true, nil
 	}
 
-	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	endCtx, endCancel := endctx.New(ctx)
 	defer endCancel()
 
 	var fnErr error

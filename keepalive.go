@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/idemdb/idem/internal/endctx"
 	"sync"
 	"time"
 )
@@ -216,7 +217,7 @@ func (l *Lease) Run(ctx context.Context, fn func(ctx context.Context)) {
 		}
 		p := recover() // nil for runtime.Goexit
 		stop()
-		endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+		endCtx, cancel := endctx.New(ctx)
 		defer cancel()
 		if err := l.Fail(endCtx, nil, true); err != nil {
 			l.s.log.Error("idem: ending the lease of a request that panicked", "key", l.key, "err", err)

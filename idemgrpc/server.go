@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/idemdb/idem/internal/endctx"
 	"time"
 
 	"google.golang.org/grpc"
@@ -22,10 +23,6 @@ const (
 	// on a replayed outcome, reply or error.
 	ReplayedMetadata = "idempotent-replayed"
 )
-
-// endTimeout bounds storing a call's outcome, which goes on after the
-// client has gone away: the handler ran, and its outcome must be recorded.
-const endTimeout = 30 * time.Second
 
 // UnaryServerInterceptor returns an interceptor that makes the unary
 // methods it serves idempotent with the idempotency-key metadata, storing
@@ -178,7 +175,7 @@ func notStored(why string) error {
 // run runs the handler under lease and ends the lease by the outcome.
 func (i *interceptor) run(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, lease *idem.Lease) (any, error) {
 	// Ending the lease outlives the client's call.
-	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	endCtx, endCancel := endctx.New(ctx)
 	defer endCancel()
 
 	// Renewal outlives the client's call too (Lease.Run): a handler past

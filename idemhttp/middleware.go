@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/idemdb/idem/internal/endctx"
 	"io"
 	"math"
 	"net/http"
@@ -13,10 +14,6 @@ import (
 
 	"github.com/idemdb/idem"
 )
-
-// endTimeout bounds storing a request's outcome, which goes on after the
-// client has gone away: the handler ran, and its outcome must be recorded.
-const endTimeout = 30 * time.Second
 
 // New returns middleware that makes the handlers it wraps idempotent with
 // the Idempotency-Key header, storing outcomes in s. Passing nil options
@@ -221,7 +218,7 @@ func (m *middleware) notStored(key, why string) *response {
 // reached the client already and cannot be taken back.
 func (m *middleware) run(ctx context.Context, w http.ResponseWriter, r *http.Request, next http.Handler, key string, fp []byte, lease *idem.Lease) {
 	// Ending the lease outlives the client's connection.
-	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	endCtx, endCancel := endctx.New(ctx)
 	defer endCancel()
 
 	// Renewal outlives the client's connection too (Lease.Run): a handler

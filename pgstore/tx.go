@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/idemdb/idem/internal/endctx"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -61,12 +62,6 @@ func CompleteTx(ctx context.Context, tx pgx.Tx, lease *idem.Lease, response []by
 	})
 }
 
-// endTimeout bounds the statements that end a lease after fn returns (the
-// completion and the commit, or the rollback and the failure). They are
-// not tied to the caller's context: once fn ran, its outcome must be
-// stored even if the caller has gone away.
-const endTimeout = 30 * time.Second
-
 // DoTx is idem's Store.Do for work that writes to the same Postgres
 // database as the store: fn runs in a transaction begun on pool, and the
 // record is completed in that transaction (CompleteTx), so fn's writes and
@@ -111,7 +106,7 @@ func DoTx(ctx context.Context, s *idem.Store, pool *pgxpool.Pool, key string, fi
 	}
 
 	runCtx, stop := lease.KeepAlive(ctx)
-	endCtx, endCancel := context.WithTimeout(context.WithoutCancel(ctx), endTimeout)
+	endCtx, endCancel := endctx.New(ctx) // the completion and the commit, or the rollback and the failure
 	defer endCancel()
 
 	tx, err := pool.Begin(runCtx)
