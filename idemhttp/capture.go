@@ -55,19 +55,34 @@ func (c *capture) WriteHeader(code int) {
 
 // final returns the headers of the response as net/http would send them:
 // those set before WriteHeader, and the trailers (declared in Trailer, or
-// with http.TrailerPrefix) with the values they have now.
+// with http.TrailerPrefix) with the values they have now. The caller must
+// not change the result: without trailers it is the capture's own copy.
 func (c *capture) final() http.Header {
 	if c.wrote == nil {
 		return c.header
 	}
-	h := c.wrote.Clone()
 	declared := listedNames(c.wrote, "Trailer")
+	if declared == nil && !hasPrefixed(c.header) {
+		return c.wrote
+	}
+	h := c.wrote.Clone()
 	for name, vals := range c.header {
 		if declared[http.CanonicalHeaderKey(name)] || strings.HasPrefix(name, http.TrailerPrefix) {
 			h[name] = vals
 		}
 	}
 	return h
+}
+
+// hasPrefixed reports whether h has a trailer named with
+// http.TrailerPrefix.
+func hasPrefixed(h http.Header) bool {
+	for name := range h {
+		if strings.HasPrefix(name, http.TrailerPrefix) {
+			return true
+		}
+	}
+	return false
 }
 
 // Write keeps b, or passes it through once the response is unstored.

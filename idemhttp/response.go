@@ -171,6 +171,9 @@ var hopByHop = map[string]bool{
 func storableHeader(h http.Header) http.Header {
 	drop := listedNames(h, "Connection")
 	for name := range listedNames(h, "Trailer") {
+		if drop == nil {
+			drop = map[string]bool{}
+		}
 		drop[name] = true
 	}
 	out := make(http.Header, len(h))
@@ -186,10 +189,14 @@ func storableHeader(h http.Header) http.Header {
 }
 
 // listedNames returns the canonical header names listed in h's field
-// (Connection or Trailer).
+// (Connection or Trailer), nil when h has no such field.
 func listedNames(h http.Header, field string) map[string]bool {
+	vals := h.Values(field)
+	if len(vals) == 0 {
+		return nil
+	}
 	names := map[string]bool{}
-	for _, v := range h.Values(field) {
+	for _, v := range vals {
 		for f := range strings.SplitSeq(v, ",") {
 			if f = strings.TrimSpace(f); f != "" {
 				names[http.CanonicalHeaderKey(f)] = true
