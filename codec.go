@@ -286,7 +286,12 @@ func (s *storedRecord) DecodeMsgpack(dec *msgpack.Decoder) error {
 	if !msgpcode.IsFixedArray(c) && c != msgpcode.Array16 && c != msgpcode.Array32 {
 		return fmt.Errorf("not an array (type byte 0x%02x)", c)
 	}
-	n, err := dec.DecodeArrayLen()
+	var n int
+	if s.direct {
+		n, err = s.directLen(c)
+	} else {
+		n, err = dec.DecodeArrayLen()
+	}
 	if err != nil {
 		return short(err)
 	}
@@ -415,6 +420,16 @@ func (s *storedRecord) decodeInt(dec *msgpack.Decoder) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if s.direct && isInt(c) {
+		i, u, big, err := s.directInteger(c)
+		switch {
+		case err != nil:
+			return 0, err
+		case big:
+			return 0, fmt.Errorf("integer %d out of range", u)
+		}
+		return i, nil
+	}
 	switch {
 	case c == msgpcode.Uint64:
 		u, err := dec.DecodeUint64()
@@ -437,6 +452,18 @@ func (s *storedRecord) decodeUint(dec *msgpack.Decoder) (uint64, error) {
 	c, err := s.peek(dec)
 	if err != nil {
 		return 0, err
+	}
+	if s.direct && isInt(c) {
+		i, u, big, err := s.directInteger(c)
+		switch {
+		case err != nil:
+			return 0, err
+		case big:
+			return u, nil
+		case i < 0:
+			return 0, fmt.Errorf("negative value %d", i)
+		}
+		return uint64(i), nil
 	}
 	switch {
 	case c == msgpcode.Uint64:
@@ -463,6 +490,10 @@ func (s *storedRecord) decodeBool(dec *msgpack.Decoder) (bool, error) {
 	if c != msgpcode.False && c != msgpcode.True {
 		return false, fmt.Errorf("not a bool (type byte 0x%02x)", c)
 	}
+	if s.direct {
+		_, err := s.next(1)
+		return c == msgpcode.True, err
+	}
 	v, err := dec.DecodeBool()
 	return v, short(err)
 }
@@ -480,21 +511,29 @@ func (s *storedRecord) decodeBin(dec *msgpack.Decoder) ([]byte, error) {
 	if c != msgpcode.Nil && !msgpcode.IsString(c) && !msgpcode.IsBin(c) {
 		return nil, fmt.Errorf("not binary data (type byte 0x%02x)", c)
 	}
+	if s.direct {
+		// Slice the field out of s.src. DecodeBytes would copy it, after
+		// allocating whatever length the header claims.
+		if c == msgpcode.Nil {
+			_, err := s.next(1)
+			return nil, err
+		}
+		n, err := s.directLen(c)
+		if err != nil {
+			return nil, err
+		}
+		b, err := s.next(n)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n:n], nil
+	}
 	n, err := dec.DecodeBytesLen()
 	if err != nil {
 		return nil, short(err)
 	}
 	if n < 0 {
 		return nil, nil // nil
-	}
-	if s.direct {
-		// Slice the field out of s.src. DecodeBytes would copy it, after
-		// allocating whatever length the header claims.
-		off := len(s.src) - s.rd.Len()
-		if err := s.seek(n); err != nil {
-			return nil, err
-		}
-		return s.src[off : off+n : off+n], nil
 	}
 	b := make([]byte, 0, min(n, copyChunk))
 	for len(b) < n {
@@ -542,6 +581,92 @@ func (s *storedRecord) skipValues(dec *msgpack.Decoder, n int) error {
 		n += m
 	}
 	return nil
+}
+
+// The direct reads below parse s.src at the reader's position and move the
+// reader past what they read, as msgpack/v5's calls would; each is called
+// with the type byte c that peek returned, already checked by its caller.
+
+// next returns the next n bytes of s.src and moves the reader past them.
+func (s *storedRecord) next(n int) ([]byte, error) {
+	off := len(s.src) - s.rd.Len()
+	if n < 0 || n > s.rd.Len() {
+		return nil, errShort
+	}
+	if _, err := s.rd.Seek(int64(n), io.SeekCurrent); err != nil {
+		return nil, err
+	}
+	return s.src[off : off+n], nil
+}
+
+// directInteger reads the integer of type byte c: as i, or, for a uint 64
+// above the largest int64, as u with big set.
+func (s *storedRecord) directInteger(c byte) (i int64, u uint64, big bool, err error) {
+	if msgpcode.IsFixedNum(c) {
+		_, err = s.next(1)
+		return int64(int8(c)), 0, false, err
+	}
+	size := 1 << ((c - msgpcode.Uint8) & 3) // Uint8..Uint64 and Int8..Int64 are in size order
+	b, err := s.next(1 + size)
+	if err != nil {
+		return 0, 0, false, err
+	}
+	b = b[1:]
+	switch c {
+	case msgpcode.Uint8:
+		return int64(b[0]), 0, false, nil
+	case msgpcode.Uint16:
+		return int64(binary.BigEndian.Uint16(b)), 0, false, nil
+	case msgpcode.Uint32:
+		return int64(binary.BigEndian.Uint32(b)), 0, false, nil
+	case msgpcode.Uint64:
+		u = binary.BigEndian.Uint64(b)
+		if u > math.MaxInt64 {
+			return 0, u, true, nil
+		}
+		return int64(u), 0, false, nil
+	case msgpcode.Int8:
+		return int64(int8(b[0])), 0, false, nil
+	case msgpcode.Int16:
+		return int64(int16(binary.BigEndian.Uint16(b))), 0, false, nil
+	case msgpcode.Int32:
+		return int64(int32(binary.BigEndian.Uint32(b))), 0, false, nil
+	default: // Int64
+		return int64(binary.BigEndian.Uint64(b)), 0, false, nil
+	}
+}
+
+// directLen reads the header of an array, a string or a bin of type byte
+// c and returns its length.
+func (s *storedRecord) directLen(c byte) (int, error) {
+	switch {
+	case msgpcode.IsFixedArray(c):
+		_, err := s.next(1)
+		return int(c & msgpcode.FixedArrayMask), err
+	case msgpcode.IsFixedString(c):
+		_, err := s.next(1)
+		return int(c & msgpcode.FixedStrMask), err
+	}
+	var size int
+	switch c {
+	case msgpcode.Str8, msgpcode.Bin8:
+		size = 1
+	case msgpcode.Str16, msgpcode.Bin16, msgpcode.Array16:
+		size = 2
+	default: // Str32, Bin32, Array32
+		size = 4
+	}
+	b, err := s.next(1 + size)
+	if err != nil {
+		return 0, err
+	}
+	switch size {
+	case 1:
+		return int(b[1]), nil
+	case 2:
+		return int(binary.BigEndian.Uint16(b[1:])), nil
+	}
+	return int(binary.BigEndian.Uint32(b[1:])), nil
 }
 
 // seek moves the decoder past the next n bytes of s.src.
