@@ -168,6 +168,64 @@ func TestScriptCacheFlushed(t *testing.T) {
 	}
 }
 
+// TestErrorReplies: an error reply to the claim or to the script (here a
+// key of another type) is reported as the Redis error it is, after the
+// command went again through go-redis's usual path, and writes nothing.
+func TestErrorReplies(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: uniquePrefix()})
+	k := b.Prefix() + "listed"
+	require.NoError(t, rdb.RPush(ctx, k, "x").Err())
+	exp := time.Now().Add(time.Minute)
+	var sent []string
+	rdb.AddHook(cmdRecorder(&sent))
+	// Redis does not have the script yet: EVAL runs it and caches it.
+	_, swapped, err := b.CompareAndSwap(ctx, "absent", []byte("x"), nil, exp, false)
+	require.NoError(t, err)
+	assert.False(t, swapped)
+	assert.Equal(t, []string{"evalsha", "eval"}, sent)
+	for _, c := range []struct {
+		old, new []byte
+		op, cmd  string
+	}{
+		{nil, []byte("v"), "set nx", "set"},
+		{[]byte("x"), []byte("v"), "compare-and-swap", "evalsha"},
+		{[]byte("x"), nil, "compare-and-swap", "evalsha"},
+	} {
+		sent = sent[:0]
+		_, _, err := b.CompareAndSwap(ctx, "listed", c.old, c.new, exp, true)
+		var rerr redis.Error
+		require.ErrorAs(t, err, &rerr, "old %q new %q", c.old, c.new)
+		assert.ErrorContains(t, err, "redis "+c.op)
+		assert.Contains(t, err.Error(), "WRONGTYPE")
+		assert.Equal(t, []string{c.cmd, c.cmd}, sent, "sent raw, then again as a go-redis command")
+	}
+	typ, err := rdb.Type(ctx, k).Result()
+	require.NoError(t, err)
+	assert.Equal(t, "list", typ)
+}
+
+// cmdRecorder is a go-redis hook that appends the name of each command
+// sent to *names.
+func cmdRecorder(names *[]string) redis.Hook { return recorder{names} }
+
+type recorder struct{ names *[]string }
+
+func (recorder) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r recorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		*r.names = append(*r.names, cmd.Name())
+		return next(ctx, cmd)
+	}
+}
+
+func (recorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
 // TestWaitReplicas: with WaitReplicas, Complete returns once a replica
 // has the record; with the replica gone it reports ErrNotReplicated after
 // WaitTimeout, and the record is still written on the master. Claims do
