@@ -4,6 +4,7 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -166,6 +167,64 @@ func TestScriptCacheFlushed(t *testing.T) {
 			assert.Equal(t, "done", string(rec.Response))
 		}
 	}
+}
+
+// TestScriptTransitions: each form of the script's call (swap, create,
+// delete, and absent to absent), with claims made by the script too, as
+// on a Redis before 7.0: it writes only where the stored value is the
+// expected one, and otherwise returns what is stored.
+func TestScriptTransitions(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: uniquePrefix()})
+	redisstore.ClaimWithScript(b)
+	exp := time.Now().Add(time.Minute)
+	stored := func() string {
+		v, err := rdb.Get(ctx, b.Prefix()+"k").Result()
+		if errors.Is(err, redis.Nil) {
+			return "<absent>"
+		}
+		require.NoError(t, err)
+		return v
+	}
+	for _, c := range []struct {
+		old, new  string // "" is nil
+		swapped   bool
+		cur, left string
+	}{
+		{"", "", true, "", "<absent>"},
+		{"a", "b", false, "", "<absent>"},
+		{"a", "", false, "", "<absent>"},
+		{"", "a", true, "", "a"},
+		{"", "b", false, "a", "a"},
+		{"", "", false, "a", "a"},
+		{"x", "b", false, "a", "a"},
+		{"a", "b", true, "", "b"},
+		{"a", "", false, "b", "b"},
+		{"b", "", true, "", "<absent>"},
+	} {
+		bs := func(s string) []byte {
+			if s == "" {
+				return nil
+			}
+			return []byte(s)
+		}
+		cur, swapped, err := b.CompareAndSwap(ctx, "k", bs(c.old), bs(c.new), exp, false)
+		require.NoError(t, err)
+		assert.Equal(t, c.swapped, swapped, "%q -> %q", c.old, c.new)
+		assert.Equal(t, c.cur, string(cur), "%q -> %q", c.old, c.new)
+		assert.Equal(t, c.left, stored(), "%q -> %q", c.old, c.new)
+	}
+	ttl, err := rdb.PTTL(ctx, b.Prefix()+"k").Result()
+	require.NoError(t, err)
+	assert.Equal(t, time.Duration(-2), ttl, "absent")
+	_, swapped, err := b.CompareAndSwap(ctx, "k", nil, []byte("a"), exp, false)
+	require.NoError(t, err)
+	require.True(t, swapped)
+	ttl, err = rdb.PTTL(ctx, b.Prefix()+"k").Result()
+	require.NoError(t, err)
+	assert.InDelta(t, time.Minute, ttl, float64(5*time.Second), "the Redis expiry is expireAt's")
 }
 
 // TestErrorReplies: an error reply to the claim or to the script (here a
