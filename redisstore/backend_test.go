@@ -4,6 +4,7 @@ package redisstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -166,6 +167,122 @@ func TestScriptCacheFlushed(t *testing.T) {
 			assert.Equal(t, "done", string(rec.Response))
 		}
 	}
+}
+
+// TestScriptTransitions: each form of the script's call (swap, create,
+// delete, and absent to absent), with claims made by the script too, as
+// on a Redis before 7.0: it writes only where the stored value is the
+// expected one, and otherwise returns what is stored.
+func TestScriptTransitions(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: uniquePrefix()})
+	redisstore.ClaimWithScript(b)
+	exp := time.Now().Add(time.Minute)
+	stored := func() string {
+		v, err := rdb.Get(ctx, b.Prefix()+"k").Result()
+		if errors.Is(err, redis.Nil) {
+			return "<absent>"
+		}
+		require.NoError(t, err)
+		return v
+	}
+	for _, c := range []struct {
+		old, new  string // "" is nil
+		swapped   bool
+		cur, left string
+	}{
+		{"", "", true, "", "<absent>"},
+		{"a", "b", false, "", "<absent>"},
+		{"a", "", false, "", "<absent>"},
+		{"", "a", true, "", "a"},
+		{"", "b", false, "a", "a"},
+		{"", "", false, "a", "a"},
+		{"x", "b", false, "a", "a"},
+		{"a", "b", true, "", "b"},
+		{"a", "", false, "b", "b"},
+		{"b", "", true, "", "<absent>"},
+	} {
+		bs := func(s string) []byte {
+			if s == "" {
+				return nil
+			}
+			return []byte(s)
+		}
+		cur, swapped, err := b.CompareAndSwap(ctx, "k", bs(c.old), bs(c.new), exp, false)
+		require.NoError(t, err)
+		assert.Equal(t, c.swapped, swapped, "%q -> %q", c.old, c.new)
+		assert.Equal(t, c.cur, string(cur), "%q -> %q", c.old, c.new)
+		assert.Equal(t, c.left, stored(), "%q -> %q", c.old, c.new)
+	}
+	ttl, err := rdb.PTTL(ctx, b.Prefix()+"k").Result()
+	require.NoError(t, err)
+	assert.Equal(t, time.Duration(-2), ttl, "absent")
+	_, swapped, err := b.CompareAndSwap(ctx, "k", nil, []byte("a"), exp, false)
+	require.NoError(t, err)
+	require.True(t, swapped)
+	ttl, err = rdb.PTTL(ctx, b.Prefix()+"k").Result()
+	require.NoError(t, err)
+	assert.InDelta(t, time.Minute, ttl, float64(5*time.Second), "the Redis expiry is expireAt's")
+}
+
+// TestErrorReplies: an error reply to the claim or to the script (here a
+// key of another type) is reported as the Redis error it is, after the
+// command went again through go-redis's usual path, and writes nothing.
+func TestErrorReplies(t *testing.T) {
+	ctx := context.Background()
+	srv := redistest.Start(t)
+	rdb := newClient(t, srv.Addr)
+	b := redisstore.NewBackend(rdb, &redisstore.Config{Prefix: uniquePrefix()})
+	k := b.Prefix() + "listed"
+	require.NoError(t, rdb.RPush(ctx, k, "x").Err())
+	exp := time.Now().Add(time.Minute)
+	var sent []string
+	rdb.AddHook(cmdRecorder(&sent))
+	// Redis does not have the script yet: EVAL runs it and caches it.
+	_, swapped, err := b.CompareAndSwap(ctx, "absent", []byte("x"), nil, exp, false)
+	require.NoError(t, err)
+	assert.False(t, swapped)
+	assert.Equal(t, []string{"evalsha", "eval"}, sent)
+	for _, c := range []struct {
+		old, new []byte
+		op, cmd  string
+	}{
+		{nil, []byte("v"), "set nx", "set"},
+		{[]byte("x"), []byte("v"), "compare-and-swap", "evalsha"},
+		{[]byte("x"), nil, "compare-and-swap", "evalsha"},
+	} {
+		sent = sent[:0]
+		_, _, err := b.CompareAndSwap(ctx, "listed", c.old, c.new, exp, true)
+		var rerr redis.Error
+		require.ErrorAs(t, err, &rerr, "old %q new %q", c.old, c.new)
+		assert.ErrorContains(t, err, "redis "+c.op)
+		assert.Contains(t, err.Error(), "WRONGTYPE")
+		assert.Equal(t, []string{c.cmd, c.cmd}, sent, "sent raw, then again as a go-redis command")
+	}
+	typ, err := rdb.Type(ctx, k).Result()
+	require.NoError(t, err)
+	assert.Equal(t, "list", typ)
+}
+
+// cmdRecorder is a go-redis hook that appends the name of each command
+// sent to *names.
+func cmdRecorder(names *[]string) redis.Hook { return recorder{names} }
+
+type recorder struct{ names *[]string }
+
+func (recorder) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (r recorder) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		*r.names = append(*r.names, cmd.Name())
+		return next(ctx, cmd)
+	}
+}
+
+func (recorder) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // TestWaitReplicas: with WaitReplicas, Complete returns once a replica

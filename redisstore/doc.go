@@ -25,14 +25,23 @@
 // # How records are kept
 //
 // Each record is one Redis string, Config.Prefix + key, holding the same
-// versioned bytes the Badger store keeps. Every transition (claim,
-// takeover, complete, fail, release, extend) is one Lua script that compares the stored bytes with those the instance read and
-// writes only if they match: Redis runs scripts one at a time, so of any
-// number of instances racing on a key exactly one wins, and the fencing
-// check (same token, still in progress) holds across instances. The script
-// is sent with EVALSHA and re-sent with EVAL when Redis has lost its script
-// cache (restart, failover, SCRIPT FLUSH). There are no WATCH/MULTI loops.
-// Store.Delete is one DEL.
+// versioned bytes the Badger store keeps. A claim of a new key is one SET
+// NX GET, which writes only if the key is absent and otherwise returns what
+// is stored. Every other transition (takeover, complete, fail, release,
+// extend) is one Lua script that compares the stored bytes with those the
+// instance read or last wrote and writes only if they match: Redis runs
+// commands and scripts one at a time, so of any number of instances racing
+// on a key exactly one wins, and the fencing check (same token, still in
+// progress) holds across instances. The script is sent with EVALSHA and
+// re-sent with EVAL when Redis has lost its script cache (restart,
+// failover, SCRIPT FLUSH). There are no WATCH/MULTI loops. Store.Delete is
+// one DEL.
+//
+// The replies of the claim and of the script are read as raw RESP, so
+// that a claim made (a nil reply) is not handled as go-redis's redis.Nil
+// error; an error reply sends the command again through go-redis's usual
+// path, which follows MOVED, retries and reports it. A hook on the client
+// sees such a command twice, the first time as a redis.RawCmd.
 //
 // The Redis key expires no earlier than the record: its expiry is set with
 // every write (SET ... PX) to the record's remaining life, rounded up to

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -135,25 +136,37 @@ func (b *Backend) Prefix() string { return b.prefix }
 // Client returns the Redis client under b.
 func (b *Backend) Client() redis.UniversalClient { return b.rdb }
 
-// casScript is every transition of a record: compare the stored bytes with
-// the caller's old value, and only if they match write the new value (or
-// delete). KEYS[1] is the record's key. ARGV: 1 "1" when an old value is
-// given ("0": the key must be absent), 2 the old value, 3 "1" to write
-// ARGV[4] ("0": delete), 5 the Redis expiry in milliseconds from now.
-// It returns integer 1 when it swapped, integer 0 when it did not and the
-// key is absent, and the stored value when it did not swap.
+// casScript is every transition of a record but a claim by SET NX GET:
+// compare the stored bytes with the caller's old value, and only if they
+// match write the new value (or delete). KEYS[1] is the record's key; the
+// number of ARGV says which transition it is:
+//
+//	3: old, new, expiry  write new where old is stored (complete, extend...)
+//	2: new, expiry       write new where nothing is stored (a claim)
+//	1: old               delete where old is stored (release)
+//	0:                   nothing, where nothing is stored
+//
+// The expiry is the Redis expiry in milliseconds from now. The script
+// returns integer 1 when it swapped, integer 0 when it did not and the
+// key is absent, and the stored value when it did not swap. Telling the
+// transitions apart by their number of arguments rather than by flags
+// leaves out two arguments that Redis would read, and make Lua strings
+// of, on every call (about 5% of the script's time on Redis 7.0).
 var casScript = redis.NewScript(`
 local cur = redis.call('GET', KEYS[1])
-if ARGV[1] == '1' then
-	if cur ~= ARGV[2] then
-		if cur then return cur end
-		return 0
-	end
-elseif cur then
-	return cur
+local n = #ARGV
+if n == 2 then
+	if cur then return cur end
+	redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+	return 1
 end
-if ARGV[3] == '1' then
-	redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+if n == 0 then
+	if cur then return cur end
+	return 1
+end
+if cur ~= ARGV[1] then return cur or 0 end
+if n == 3 then
+	redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 else
 	redis.call('DEL', KEYS[1])
 end
@@ -194,36 +207,97 @@ func (b *Backend) Load(ctx context.Context, key string) ([]byte, error) {
 // ErrNotReplicated after the swap was made.
 func (b *Backend) CompareAndSwap(ctx context.Context, key string, old, new []byte, expireAt time.Time, durable bool) ([]byte, bool, error) {
 	k := b.prefix + key
-	args := casArgs(old, new, expireAt)
+	ms := pxMillis(new, expireAt)
 	if old == nil && new != nil && !(durable && b.wait > 0) && !b.noSetNXGet.Load() {
-		cur, swapped, err := b.claim(ctx, k, new, args[4].(int64))
+		cur, swapped, err := b.claim(ctx, k, new, ms)
 		if err == nil || !isSyntaxErr(err) {
 			return cur, swapped, err
 		}
 		b.noSetNXGet.Store(true) // Redis before 7.0: the script does it
 	}
-	var res any
-	var err error
+	args := casArgs(k, old, new, ms)
 	if durable && b.wait > 0 && new != nil {
-		res, err = b.casAndWait(ctx, k, args)
-	} else {
-		res, err = casScript.Run(ctx, b.rdb, []string{k}, args...).Result()
+		res, err := b.casAndWait(ctx, k, args)
+		if err != nil && !errors.Is(err, ErrNotReplicated) {
+			return nil, false, fail("compare-and-swap", err)
+		}
+		cur, swapped, perr := casResult(res, nil)
+		if perr != nil {
+			return nil, false, fail("compare-and-swap", perr)
+		}
+		return cur, swapped, err
 	}
-	if err != nil && !errors.Is(err, ErrNotReplicated) {
+	cur, swapped, err := b.cas(ctx, args)
+	if err != nil {
 		return nil, false, fail("compare-and-swap", err)
 	}
-	cur, swapped, perr := casResult(res)
-	if perr != nil {
-		return nil, false, fail("compare-and-swap", perr)
-	}
-	return cur, swapped, err
+	return cur, swapped, nil
 }
+
+// cas runs the script with EVALSHA and reads its reply raw: a
+// go-redis Cmd would turn it into an interface, and a stored value into a
+// string and then bytes. A reply that is an error (the script is not
+// cached, MOVED, READONLY...) says the script did not run: the script
+// goes again through go-redis's own path, which follows redirects and
+// retries as for any command: with EVAL when Redis does not have it,
+// otherwise with Script.Run (EVALSHA, then EVAL).
+func (b *Backend) cas(ctx context.Context, args []any) ([]byte, bool, error) {
+	cmd := redis.NewRawCmd(ctx, args...)
+	cmd.SetFirstKeyPos(3) // the key, for a Cluster's or a Ring's routing
+	_ = b.rdb.Process(ctx, cmd)
+	raw, err := cmd.Result()
+	if err != nil {
+		return nil, false, err
+	}
+	switch v, kind := parseReply(raw); kind {
+	case replyInt:
+		return nil, len(v) == 1 && v[0] == '1', nil
+	case replyString:
+		return v, false, nil
+	}
+	if bytes.HasPrefix(raw, []byte("-NOSCRIPT")) {
+		return casResult(casScript.Eval(ctx, b.rdb, casKeys(args), args[4:]...).Result())
+	}
+	return casResult(casRun(ctx, b.rdb, args))
+}
+
+// casRun runs the script through go-redis's Script.Run with args, a
+// command built by casArgs.
+func casRun(ctx context.Context, c redis.Scripter, args []any) (any, error) {
+	return casScript.Run(ctx, c, casKeys(args), args[4:]...).Result()
+}
+
+// casKeys returns the KEYS of a command built by casArgs.
+func casKeys(args []any) []string { return []string{args[3].(string)} }
 
 // claim writes new under k when no value is stored there, in one plain
 // command: SET NX GET (Redis 7.0 and later) writes only if k is absent and
 // returns the stored value otherwise, atomically, as the script would,
 // without the script's cost on the server.
+//
+// The reply is read raw: through a go-redis Cmd, the nil reply of a claim
+// made would come back as the error redis.Nil, which go-redis checks for
+// retry like any failure, at a cost on every new key. An error reply (the
+// command was refused and did nothing) sends the command again through
+// go-redis's own path, which handles it.
 func (b *Backend) claim(ctx context.Context, k string, new []byte, ms int64) ([]byte, bool, error) {
+	cmd := redis.NewRawCmd(ctx, "SET", k, new, "NX", "GET", "PX", ms)
+	_ = b.rdb.Process(ctx, cmd)
+	raw, err := cmd.Result()
+	if err != nil {
+		return nil, false, fail("set nx", err)
+	}
+	switch v, kind := parseReply(raw); kind {
+	case replyNil:
+		return nil, true, nil
+	case replyString:
+		return v, false, nil
+	}
+	return b.claimCmd(ctx, k, new, ms)
+}
+
+// claimCmd is claim through a go-redis Cmd.
+func (b *Backend) claimCmd(ctx context.Context, k string, new []byte, ms int64) ([]byte, bool, error) {
 	v, err := b.rdb.Do(ctx, "SET", k, new, "NX", "GET", "PX", ms).Text()
 	switch {
 	case errors.Is(err, redis.Nil):
@@ -234,6 +308,59 @@ func (b *Backend) claim(ctx context.Context, k string, new []byte, ms int64) ([]
 	return []byte(v), false, nil
 }
 
+// Kinds of reply parseReply tells apart.
+const (
+	replyOther  = iota // an error, or anything unexpected
+	replyNil           // RESP2's $-1, RESP3's _
+	replyString        // a bulk string
+	replyInt           // an integer
+)
+
+// parseReply reads one raw RESP2 or RESP3 reply of the kinds SET NX GET
+// and the script return: a bulk string (its bytes, which alias raw), an
+// integer (its digits), or nil. Anything else is replyOther.
+func parseReply(raw []byte) ([]byte, int) {
+	end := bytes.IndexByte(raw, '\r')
+	if end < 1 || len(raw) < end+2 || raw[end+1] != '\n' {
+		return nil, replyOther
+	}
+	line, rest := raw[1:end], raw[end+2:]
+	switch raw[0] {
+	case '_':
+		if len(line) == 0 && len(rest) == 0 {
+			return nil, replyNil
+		}
+	case ':':
+		if len(line) > 0 && len(rest) == 0 {
+			return line, replyInt
+		}
+	case '$':
+		if string(line) == "-1" && len(rest) == 0 {
+			return nil, replyNil
+		}
+		n, ok := atoi(line)
+		if ok && len(rest) == n+2 && rest[n] == '\r' && rest[n+1] == '\n' {
+			return rest[:n:n], replyString
+		}
+	}
+	return nil, replyOther
+}
+
+// atoi parses a non-negative decimal length.
+func atoi(b []byte) (int, bool) {
+	if len(b) == 0 || len(b) > 10 {
+		return 0, false
+	}
+	n := 0
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n, true
+}
+
 // isSyntaxErr reports whether err is Redis refusing a command's syntax, as
 // a Redis before 7.0 refuses SET with both NX and GET.
 func isSyntaxErr(err error) bool {
@@ -241,30 +368,41 @@ func isSyntaxErr(err error) bool {
 	return errors.As(err, &rerr) && strings.Contains(rerr.Error(), "syntax error")
 }
 
-func casArgs(old, new []byte, expireAt time.Time) []any {
-	hasOld, hasNew := "0", "0"
-	if old != nil {
-		hasOld = "1"
+// pxMillis is the Redis expiry, in milliseconds from now, of a value
+// that may be dropped at expireAt: rounded up, and never zero, as PX
+// needs a positive expiry. A delete (new == nil) has none.
+func pxMillis(new []byte, expireAt time.Time) int64 {
+	if new == nil {
+		return 1
 	}
-	if new != nil {
-		hasNew = "1"
+	// Rounding by adding first would overflow the longest Duration,
+	// which time.Until returns for an expiry centuries away, into 1ms.
+	d := time.Until(expireAt)
+	ms := d.Milliseconds()
+	if d%time.Millisecond > 0 {
+		ms++
 	}
-	ms := int64(1)
-	if new != nil {
-		// Round up, and never zero: PX needs a positive expiry. Rounding
-		// by adding first would overflow the longest Duration, which
-		// time.Until returns for an expiry centuries away, into 1ms.
-		d := time.Until(expireAt)
-		ms = d.Milliseconds()
-		if d%time.Millisecond > 0 {
-			ms++
-		}
-		ms = max(ms, 1)
-	}
-	return []any{hasOld, old, hasNew, new, ms}
+	return max(ms, 1)
 }
 
-func casResult(res any) ([]byte, bool, error) {
+// casArgs is the whole EVALSHA command of a transition of key k: one
+// slice, which go-redis writes as it is.
+func casArgs(k string, old, new []byte, ms int64) []any {
+	args := make([]any, 4, 7)
+	args[0], args[1], args[2], args[3] = "evalsha", casScript.Hash(), "1", k
+	if old != nil {
+		args = append(args, old)
+	}
+	if new != nil {
+		args = append(args, new, ms)
+	}
+	return args
+}
+
+func casResult(res any, err error) ([]byte, bool, error) {
+	if err != nil {
+		return nil, false, err
+	}
 	switch v := res.(type) {
 	case int64:
 		return nil, v == 1, nil
@@ -312,7 +450,7 @@ func (b *Backend) casAndWait(ctx context.Context, k string, args []any) (any, er
 func (b *Backend) casAndWaitOn(ctx context.Context, node *redis.Client, k string, args []any) (any, error) {
 	cn := node.Conn()
 	defer cn.Close()
-	res, err := casScript.Run(ctx, cn, []string{k}, args...).Result()
+	res, err := casRun(ctx, cn, args)
 	if err != nil {
 		return nil, err
 	}
