@@ -19,15 +19,16 @@ import (
 // Writes are group-committed: concurrent compare-and-swaps are gathered
 // into one Badger transaction. Durable writes under SyncAlways gather in
 // one queue, whose batch is committed and then made durable by one
-// DB.Sync, started after the commit; every other write gathers in a second
-// queue, committed without a sync, so that a write that need not wait for
-// the disk never waits behind one that does. While one batch commits (and
-// syncs), the writers that arrive gather into the next; a writer that
-// finds its queue idle commits its own write at once, so a lone caller
-// pays no hand-off. Each swap in a batch is still decided on its own
-// (read, compare, write, in arrival order; a later swap of the same key
-// sees the earlier one's write), so batching changes the cost, not the
-// outcome.
+// DB.Sync, started after the commit. Under SyncNever and SyncPeriodic,
+// where no write waits for a sync, every write gathers in a second queue
+// the same way; under SyncAlways, a write that needs no sync (a claim, a
+// renewal) commits on its own, so that it never waits behind a durable
+// batch (kv.go, CompareAndSwap). While one batch commits (and syncs), the
+// writers that arrive gather into the next; a writer that finds its queue
+// idle commits its own write at once, so a lone caller pays no hand-off.
+// Each swap in a batch is still decided on its own (read, compare, write,
+// in arrival order; a later swap of the same key sees the earlier one's
+// write), so batching changes the cost, not the outcome.
 
 // Limits on one batch, well inside Badger's transaction limits for the
 // memtable size in badgerOptions; a batch always takes at least one write.

@@ -66,7 +66,7 @@ type DB struct {
 	mode    Sync
 	sync    func() error // db.Sync; a test may count calls
 	commits commitQueue  // durable writes under SyncAlways, see commit.go
-	writes  commitQueue  // every other write
+	writes  commitQueue  // every write under SyncNever and SyncPeriodic
 	// memFid is the number of the newest memtable file the committer has
 	// seen, and fsyncFile fsyncs one file by path (a test may watch it):
 	// see syncRotated. Only the durable queue's committer uses them.
@@ -265,11 +265,23 @@ func (b *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, ex
 	if err := b.writable(); err != nil {
 		return nil, false, err
 	}
-	q := &b.writes
-	if durable && b.mode == SyncAlways {
-		q = &b.commits
+	switch {
+	case durable && b.mode == SyncAlways:
+		return b.queuedCAS(ctx, &b.commits, key, old, new, expireAt)
+	case b.mode == SyncAlways:
+		// Beside durable batches, a write that needs no sync (a claim, a
+		// renewal) commits in a transaction of its own: gathered in a
+		// queue, claims waited for each other while Badger's writer was
+		// busy with the durable batch, and durable Do at 16 callers lost
+		// a tenth of its throughput (docs/decisions.md).
+		if err := ctx.Err(); err != nil {
+			return nil, false, err
+		}
+		w := &queuedWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt}
+		b.commitBatch(&b.writes, []*queuedWrite{w})
+		return w.current, w.swapped, w.err
 	}
-	return b.queuedCAS(ctx, q, key, old, new, expireAt)
+	return b.queuedCAS(ctx, &b.writes, key, old, new, expireAt)
 }
 
 // Delete removes key; an absent key is not an error.
