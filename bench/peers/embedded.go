@@ -40,10 +40,13 @@ func badgerOptions(dir string) badger.Options {
 		WithSyncWrites(false).
 		WithNumVersionsToKeep(1).
 		WithCompression(options.None).
-		WithMemTableSize(12 << 20).
+		WithMemTableSize(1792 << 10).
 		WithNumMemtables(3).
+		WithValueThreshold(64 << 10).
 		WithBaseTableSize(1 << 20).
-		WithNumLevelZeroTables(2).
+		WithNumLevelZeroTables(8).
+		WithBaseLevelSize(4 << 20).
+		WithLevelSizeMultiplier(4).
 		WithNumCompactors(2).
 		WithBlockCacheSize(64 << 20).
 		WithValueLogFileSize(64 << 20).

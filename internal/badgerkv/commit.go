@@ -40,7 +40,7 @@ const blockedWritesLimit = time.Minute
 
 var (
 	batchMaxWrites = 256
-	batchMaxBytes  = 512 << 10
+	batchMaxBytes  = 128 << 10 // Badger's limit is 15% of memTableSize, 269 KiB
 )
 
 type queuedWrite struct {
@@ -226,7 +226,7 @@ func (w *queuedWrite) apply(txn *badger.Txn) error {
 
 // Badger's DB.Sync makes only the active memtable's write-ahead log
 // durable (and the value log). When the memtable a batch landed in was
-// rotated out before the sync (it fills every 12 MiB of writes, and
+// rotated out before the sync (it fills every 1.75 MiB of writes, and
 // Begin's writes fill it too), its log becomes durable only once Badger
 // has flushed it to a table, a moment later. syncRotated closes that gap:
 // memtable files are numbered in order of creation, so the batch is in a

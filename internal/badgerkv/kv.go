@@ -85,6 +85,13 @@ type DB struct {
 	failed atomic.Pointer[failedErr] // set once: the failed state, see faults.go
 }
 
+// Badger sizes, see badgerOptions.
+const (
+	memTableSize   = 1792 << 10 // 1.75 MiB
+	baseTableSize  = 1 << 20
+	valueThreshold = 64 << 10 // larger values go to the value log
+)
+
 // recordPrefix is the namespace of the stored keys in Badger.
 const recordPrefix = "r"
 
@@ -163,7 +170,14 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 // compression, small memtables and tables, so that memory stays bounded at
 // millions of records and compaction can drop expired tables piece by
 // piece. docs/decisions.md ("Sizing Badger") has the measurements behind
-// each number.
+// each number. In short: Badger builds every table in a buffer that starts
+// at twice the table size, doubles when it fills and is kept in a pool of
+// eight for the next table, whatever its size; a memtable flush puts the
+// whole memtable in one table. So the memtable (1.75 MiB) is small enough
+// that its table fits the 2 MiB buffer of a 1 MiB table, and every buffer
+// stays 2 MiB (for records of up to about 300 bytes). Small memtables need a value threshold under Badger's
+// batch limit (15% of the memtable); L0 waits for eight tables, and levels
+// grow by 4x from 4 MiB, so that a compaction writes few tables at once.
 func badgerOptions(o *Config) badger.Options {
 	bo := badger.DefaultOptions(o.Dir).
 		WithInMemory(o.InMemory).
@@ -171,10 +185,13 @@ func badgerOptions(o *Config) badger.Options {
 		WithSyncWrites(false).
 		WithNumVersionsToKeep(1).
 		WithCompression(options.None).
-		WithMemTableSize(12 << 20).
+		WithMemTableSize(memTableSize).
 		WithNumMemtables(3).
-		WithBaseTableSize(1 << 20).
-		WithNumLevelZeroTables(2).
+		WithValueThreshold(valueThreshold).
+		WithBaseTableSize(baseTableSize).
+		WithNumLevelZeroTables(8).
+		WithBaseLevelSize(4 << 20).
+		WithLevelSizeMultiplier(4).
 		WithNumCompactors(2).
 		WithBlockCacheSize(64 << 20).
 		WithValueLogFileSize(64 << 20).
@@ -182,6 +199,10 @@ func badgerOptions(o *Config) badger.Options {
 		WithLogger(badgerLogger{o.Logger})
 	bo.TableSizeMultiplier = 1 // no With method in v4
 	if o.InMemory {
+		// Without a value log the value threshold is the largest value
+		// Badger accepts: keep 1 MiB, which needs memtables of 7 MiB or
+		// more. An in-memory store holds all its data on the heap anyway.
+		bo = bo.WithMemTableSize(12 << 20).WithValueThreshold(1 << 20)
 		bo.Dir, bo.ValueDir = "", ""
 	}
 	return bo

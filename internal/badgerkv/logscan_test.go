@@ -410,24 +410,24 @@ func TestLogScanCases(t *testing.T) {
 }
 
 // BenchmarkScanLog measures the scan a read-write open makes of a full
-// memtable log (12 MiB of 1 KiB writes in a 24 MiB file) and a full value
+// memtable log (1.75 MiB of 1 KiB writes in a 3.5 MiB file) and a full value
 // log (64 MiB of 1 MiB values in a 128 MiB file), beside reading the same
 // bytes.
 func BenchmarkScanLog(b *testing.B) {
 	dir := b.TempDir()
 	mem := filepath.Join(dir, "00001.mem")
 	var body []byte
-	for i := 0; len(body) < 12<<20; i++ {
+	for i := 0; len(body) < memTableSize; i++ {
 		body = append(body, testTxn([]byte(fmt.Sprint("rkey-", i)), bytes.Repeat([]byte("v"), 1<<10), uint64(i+1))...)
 	}
-	writeLog(b, mem, body, 24<<20)
+	writeLog(b, mem, body, 2*memTableSize)
 	vlog := filepath.Join(dir, "000001.vlog")
 	body = body[:0]
 	for i := 0; len(body) < 64<<20; i++ {
 		body = append(body, testEntry(0, []byte(fmt.Sprint("rkey-", i)), bytes.Repeat([]byte("v"), 1<<20), uint64(i+1))...)
 	}
 	writeLog(b, vlog, body, 128<<20)
-	for _, tc := range []struct{ name, path string }{{"mem=12MiB", mem}, {"vlog=64MiB", vlog}} {
+	for _, tc := range []struct{ name, path string }{{"mem=1.75MiB", mem}, {"vlog=64MiB", vlog}} {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

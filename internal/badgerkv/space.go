@@ -14,18 +14,21 @@ import (
 // sized from the files Badger maps and may fill before any of them is
 // freed (see badgerOptions):
 //
-//	memtable logs   3 × 12 MiB  the active memtable's and two waiting to flush (NumMemtables)
-//	flushed table       12 MiB  the table a flush writes before its log is deleted
+//	memtable logs  5 × 1.75 MiB  the active memtable's, three queued to flush (NumMemtables) and one flushing
+//	flushed table     1.75 MiB  the table a flush writes before its log is deleted
 //	value log           64 MiB  the active value-log file grows to ValueLogFileSize
-//	compaction          32 MiB  new tables written before the old ones are deleted (L0 is two 12 MiB tables)
+//	compaction          32 MiB  new tables written before the old ones are deleted (an L0
+//	                            compaction: up to 15 tables of 1.75 MiB, and the 4 MiB base level)
 //	                   -------
-//	                   144 MiB
+//	                   107 MiB
 //
-// The check runs before every write, on a figure at most spaceCacheFor
-// old. It cannot stop another process from filling the disk between the
-// check and Badger's background flush: the reserve must also cover what
-// other writers on the same file system may write in that moment.
-const DefaultReserve = (3*12 + 12 + 64 + 32) << 20
+// The reserve is 144 MiB, the sum when memtables were 12 MiB: the rest is
+// margin. The check runs before every write, on a figure at most
+// spaceCacheFor old. It cannot stop another process from filling the disk
+// between the check and Badger's background flush: the reserve must also
+// cover what other writers on the same file system may write in that
+// moment.
+const DefaultReserve = 144 << 20
 
 // spaceCacheFor is how long a free-space figure is used before statfs is
 // asked again: a few milliseconds of writes fit many times in the
