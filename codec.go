@@ -416,70 +416,52 @@ func isInt(c byte) bool {
 
 // decodeInt reads any msgpack integer as an int64.
 func (s *storedRecord) decodeInt(dec *msgpack.Decoder) (int64, error) {
-	c, err := s.peek(dec)
-	if err != nil {
-		return 0, err
-	}
-	if s.direct && isInt(c) {
-		i, u, big, err := s.directInteger(c)
-		switch {
-		case err != nil:
-			return 0, err
-		case big:
-			return 0, fmt.Errorf("integer %d out of range", u)
-		}
-		return i, nil
-	}
+	i, u, big, err := s.decodeInteger(dec)
 	switch {
-	case c == msgpcode.Uint64:
-		u, err := dec.DecodeUint64()
-		if err != nil {
-			return 0, short(err)
-		}
-		if u > math.MaxInt64 {
-			return 0, fmt.Errorf("integer %d out of range", u)
-		}
-		return int64(u), nil
-	case isInt(c):
-		v, err := dec.DecodeInt64()
-		return v, short(err)
+	case err != nil:
+		return 0, err
+	case big:
+		return 0, fmt.Errorf("integer %d out of range", u)
 	}
-	return 0, fmt.Errorf("not an integer (type byte 0x%02x)", c)
+	return i, nil
 }
 
 // decodeUint reads a non-negative msgpack integer.
 func (s *storedRecord) decodeUint(dec *msgpack.Decoder) (uint64, error) {
-	c, err := s.peek(dec)
-	if err != nil {
-		return 0, err
-	}
-	if s.direct && isInt(c) {
-		i, u, big, err := s.directInteger(c)
-		switch {
-		case err != nil:
-			return 0, err
-		case big:
-			return u, nil
-		case i < 0:
-			return 0, fmt.Errorf("negative value %d", i)
-		}
-		return uint64(i), nil
-	}
+	i, u, big, err := s.decodeInteger(dec)
 	switch {
-	case c == msgpcode.Uint64:
-		u, err := dec.DecodeUint64()
-		return u, short(err)
-	case isInt(c):
-		v, err := dec.DecodeInt64()
-		if err != nil {
-			return 0, short(err)
-		}
-		if v < 0 {
-			return 0, fmt.Errorf("negative value %d", v)
-		}
-		return uint64(v), nil
+	case err != nil:
+		return 0, err
+	case big:
+		return u, nil
+	case i < 0:
+		return 0, fmt.Errorf("negative value %d", i)
 	}
-	return 0, fmt.Errorf("not an integer (type byte 0x%02x)", c)
+	return uint64(i), nil
+}
+
+// decodeInteger reads any msgpack integer: as i, or, for a uint 64 above
+// the largest int64, as u with big set.
+func (s *storedRecord) decodeInteger(dec *msgpack.Decoder) (i int64, u uint64, big bool, err error) {
+	c, err := s.peek(dec)
+	switch {
+	case err != nil:
+		return 0, 0, false, err
+	case !isInt(c):
+		return 0, 0, false, fmt.Errorf("not an integer (type byte 0x%02x)", c)
+	case s.direct:
+		return s.directInteger(c)
+	case c == msgpcode.Uint64:
+		if u, err = dec.DecodeUint64(); err != nil {
+			return 0, 0, false, short(err)
+		}
+		if u > math.MaxInt64 {
+			return 0, u, true, nil
+		}
+		return int64(u), 0, false, nil
+	}
+	i, err = dec.DecodeInt64()
+	return i, 0, false, short(err)
 }
 
 func (s *storedRecord) decodeBool(dec *msgpack.Decoder) (bool, error) {
@@ -566,11 +548,11 @@ func (s *storedRecord) skipValues(dec *msgpack.Decoder, n int) error {
 		// into a buffer of up to twice 1 MB, whatever the input holds.
 		case s.direct && (msgpcode.IsString(c) || msgpcode.IsBin(c)):
 			if l, err = dec.DecodeBytesLen(); err == nil {
-				err = s.seek(l)
+				_, err = s.next(l)
 			}
 		case s.direct && msgpcode.IsExt(c):
 			if _, l, err = dec.DecodeExtHeader(); err == nil {
-				err = s.seek(l)
+				_, err = s.next(l)
 			}
 		default:
 			err = dec.Skip()
@@ -667,13 +649,4 @@ func (s *storedRecord) directLen(c byte) (int, error) {
 		return int(binary.BigEndian.Uint16(b[1:])), nil
 	}
 	return int(binary.BigEndian.Uint32(b[1:])), nil
-}
-
-// seek moves the decoder past the next n bytes of s.src.
-func (s *storedRecord) seek(n int) error {
-	if n > s.rd.Len() {
-		return errShort
-	}
-	_, err := s.rd.Seek(int64(n), io.SeekCurrent)
-	return err
 }

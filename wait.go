@@ -13,9 +13,10 @@ const DefaultMaxWaiters = 1024
 // Wait waits while the record under key is in progress with a live lease,
 // and returns it once it is not: finished (replay it), failed and
 // retryable, or in progress with a lapsed lease or a holder that ended
-// with an earlier process (its holder is gone: Begin takes it over). It returns ErrNotFound when the key has no record (its
-// holder released it: Begin runs the request), and ctx's error when ctx
-// ends first; bound the wait with ctx.
+// with an earlier process (its holder is gone: Begin takes it over). It
+// returns ErrNotFound when the key has no record (its holder released it:
+// Begin runs the request), and ctx's error when ctx ends first; bound the
+// wait with ctx.
 //
 // A duplicate request that arrives while the first still runs can Wait
 // and answer with the outcome, instead of refusing with ErrInProgress:

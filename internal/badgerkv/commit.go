@@ -56,6 +56,7 @@ type queuedWrite struct {
 
 type commitQueue struct {
 	durable bool       // batches are synced: durable writes under SyncAlways
+	alone   bool       // each write commits in a transaction of its own, never queued
 	mu      sync.Mutex // protects pending and running
 	pending []*queuedWrite
 	running bool // a batch is committing: one at a time (docs/decisions.md, "Durability and Badger's Sync")
@@ -67,6 +68,10 @@ func (b *DB) queuedCAS(ctx context.Context, q *commitQueue, key string, old, new
 		return nil, false, err
 	}
 	w := &queuedWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt}
+	if q.alone {
+		b.commitBatch(q, []*queuedWrite{w})
+		return w.current, w.swapped, w.err
+	}
 	q.mu.Lock()
 	if !q.running {
 		// The queue is idle (and so nothing is pending: a batch that ends

@@ -66,7 +66,7 @@ type DB struct {
 	mode    Sync
 	sync    func() error // db.Sync; a test may count calls
 	commits commitQueue  // durable writes under SyncAlways, see commit.go
-	writes  commitQueue  // every write under SyncNever and SyncPeriodic
+	writes  commitQueue  // every other write (see Open)
 	// memFid is the number of the newest memtable file the committer has
 	// seen, and fsyncFile fsyncs one file by path (a test may watch it):
 	// see syncRotated. Only the durable queue's committer uses them.
@@ -148,6 +148,12 @@ func Open(cfg Config) (*DB, error) {
 	if cfg.InMemory || cfg.ReadOnly {
 		b.mode = SyncNever
 	}
+	// Beside durable batches, a write that needs no sync (a claim, a
+	// renewal) commits in a transaction of its own: gathered in a queue,
+	// claims waited for each other while Badger's writer was busy with the
+	// durable batch, and durable Do at 16 callers lost a tenth of its
+	// throughput (docs/decisions.md).
+	b.writes.alone = b.mode == SyncAlways
 	if b.mode == SyncPeriodic {
 		b.wg.Add(1)
 		go b.syncLoop(cfg.SyncInterval, cfg.Logger)
@@ -175,9 +181,10 @@ func openBadger(o badger.Options) (db *badger.DB, err error) {
 // eight for the next table, whatever its size; a memtable flush puts the
 // whole memtable in one table. So the memtable (1.75 MiB) is small enough
 // that its table fits the 2 MiB buffer of a 1 MiB table, and every buffer
-// stays 2 MiB (for records of up to about 300 bytes). Small memtables need a value threshold under Badger's
-// batch limit (15% of the memtable); L0 waits for eight tables, and levels
-// grow by 4x from 4 MiB, so that a compaction writes few tables at once.
+// stays 2 MiB (for records of up to about 300 bytes). Small memtables need
+// a value threshold under Badger's batch limit (15% of the memtable); L0
+// waits for eight tables, and levels grow by 4x from 4 MiB, so that a
+// compaction writes few tables at once.
 func badgerOptions(o *Config) badger.Options {
 	bo := badger.DefaultOptions(o.Dir).
 		WithInMemory(o.InMemory).
@@ -286,23 +293,11 @@ func (b *DB) CompareAndSwap(ctx context.Context, key string, old, new []byte, ex
 	if err := b.writable(); err != nil {
 		return nil, false, err
 	}
-	switch {
-	case durable && b.mode == SyncAlways:
-		return b.queuedCAS(ctx, &b.commits, key, old, new, expireAt)
-	case b.mode == SyncAlways:
-		// Beside durable batches, a write that needs no sync (a claim, a
-		// renewal) commits in a transaction of its own: gathered in a
-		// queue, claims waited for each other while Badger's writer was
-		// busy with the durable batch, and durable Do at 16 callers lost
-		// a tenth of its throughput (docs/decisions.md).
-		if err := ctx.Err(); err != nil {
-			return nil, false, err
-		}
-		w := &queuedWrite{key: dbKey(key), old: old, new: new, expireAt: expireAt}
-		b.commitBatch(&b.writes, []*queuedWrite{w})
-		return w.current, w.swapped, w.err
+	q := &b.writes
+	if durable && b.mode == SyncAlways {
+		q = &b.commits
 	}
-	return b.queuedCAS(ctx, &b.writes, key, old, new, expireAt)
+	return b.queuedCAS(ctx, q, key, old, new, expireAt)
 }
 
 // Delete removes key; an absent key is not an error.
